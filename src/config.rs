@@ -1,0 +1,188 @@
+//! Daemon configuration: dockerd's flags (clap) merged with a daemon.json file
+//! (`--config-file`); a flag given on the command line wins over the file.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Command-line flags, named as dockerd names them.
+#[derive(Debug, Clone, Parser, Default)]
+#[command(name = "berthd", version, about = "berth container-host daemon (Docker Engine API 1.41)")]
+pub struct Flags {
+    /// Daemon socket(s) to listen on: unix://PATH or fd:// (systemd socket activation).
+    #[arg(short = 'H', long = "host", env = "BERTH_HOST")]
+    pub hosts: Vec<String>,
+    /// Root of persistent state (images, containers, store).
+    #[arg(long, env = "BERTH_DATA_ROOT")]
+    pub data_root: Option<PathBuf>,
+    /// Root of runtime state (shim sockets, netns, runtime state).
+    #[arg(long, env = "BERTH_EXEC_ROOT")]
+    pub exec_root: Option<PathBuf>,
+    /// Write the daemon's PID here.
+    #[arg(short = 'p', long)]
+    pub pidfile: Option<PathBuf>,
+    /// daemon.json-style configuration file.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// Log level: debug, info, warn, error, fatal.
+    #[arg(short = 'l', long)]
+    pub log_level: Option<String>,
+    /// Address and prefix of the default bridge (e.g. 172.17.0.1/16).
+    #[arg(long)]
+    pub bip: Option<String>,
+    /// Name of the default bridge device (berth: the device is created when missing).
+    #[arg(short = 'b', long = "bridge")]
+    pub bridge: Option<String>,
+    /// Name of berth's own nftables table (inet family).
+    #[arg(long, env = "BERTH_NFT_TABLE")]
+    pub nft_table: Option<String>,
+    /// Path of the berth-shim binary (default: beside berthd).
+    #[arg(long, env = "BERTH_SHIM")]
+    pub shim_binary: Option<PathBuf>,
+    /// Parent cgroup of all containers (the pool).
+    #[arg(long, env = "BERTH_CGROUP_PARENT")]
+    pub cgroup_parent: Option<String>,
+}
+
+/// The subset of daemon.json keys berth reads.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    hosts: Option<Vec<String>>,
+    data_root: Option<PathBuf>,
+    exec_root: Option<PathBuf>,
+    pidfile: Option<PathBuf>,
+    log_level: Option<String>,
+    bip: Option<String>,
+    bridge: Option<String>,
+    nft_table: Option<String>,
+    shim_binary: Option<PathBuf>,
+    cgroup_parent: Option<String>,
+    log_driver: Option<String>,
+    log_opts: Option<HashMap<String, String>>,
+    #[serde(default)]
+    debug: bool,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen addresses.
+    pub hosts: Vec<String>,
+    /// Persistent root.
+    pub data_root: PathBuf,
+    /// Runtime root.
+    pub exec_root: PathBuf,
+    /// PID file.
+    pub pidfile: Option<PathBuf>,
+    /// tracing filter.
+    pub log_level: String,
+    /// Default bridge address/prefix.
+    pub bip: Option<String>,
+    /// Default bridge device name.
+    pub bridge: String,
+    /// nftables table name.
+    pub nft_table: String,
+    /// berth-shim binary.
+    pub shim_binary: PathBuf,
+    /// Container cgroup pool (absolute cgroup path).
+    pub cgroup_parent: String,
+    /// Default log options for containers (`max-size`, `max-file`).
+    pub log_opts: HashMap<String, String>,
+}
+
+impl Config {
+    /// Merges flags over the optional file and fills defaults.
+    pub fn load(flags: Flags) -> anyhow::Result<Self> {
+        let file = match &flags.config_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("read config file {}", p.display()))?;
+                serde_json::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parse config file {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        if let Some(d) = &file.log_driver {
+            if d != "json-file" {
+                bail!("log driver {d:?} is not supported (only json-file)");
+            }
+        }
+        let hosts = if !flags.hosts.is_empty() {
+            flags.hosts
+        } else {
+            file.hosts
+                .unwrap_or_else(|| vec!["unix:///run/berth/berth.sock".into()])
+        };
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+            .unwrap_or_else(|| PathBuf::from("/usr/bin"));
+        let log_level = flags
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| if file.debug { "debug".into() } else { "info".into() });
+        let bridge = flags.bridge.or(file.bridge).unwrap_or_else(|| "berth0".into());
+        let nft_table = flags
+            .nft_table
+            .or(file.nft_table)
+            .unwrap_or_else(|| "berth".into());
+        Ok(Config {
+            hosts,
+            data_root: flags
+                .data_root
+                .or(file.data_root)
+                .unwrap_or_else(|| "/var/lib/berth".into()),
+            exec_root: flags
+                .exec_root
+                .or(file.exec_root)
+                .unwrap_or_else(|| "/run/berth".into()),
+            pidfile: flags.pidfile.or(file.pidfile),
+            log_level,
+            bip: flags.bip.or(file.bip),
+            bridge,
+            nft_table,
+            shim_binary: flags
+                .shim_binary
+                .or(file.shim_binary)
+                .unwrap_or_else(|| exe_dir.join("berth-shim")),
+            cgroup_parent: flags
+                .cgroup_parent
+                .or(file.cgroup_parent)
+                .unwrap_or_else(|| "/berth".into()),
+            log_opts: file.log_opts.unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("daemon.json");
+        std::fs::write(&f, r#"{"data-root":"/file/root","bip":"10.9.0.1/24","log-opts":{"max-size":"1m"}}"#)?;
+        let flags = Flags::parse_from(["berthd", "--config-file", f.to_str().unwrap_or_default(), "--data-root", "/flag/root"]);
+        let c = Config::load(flags)?;
+        assert_eq!(c.data_root, PathBuf::from("/flag/root"));
+        assert_eq!(c.bip.as_deref(), Some("10.9.0.1/24"));
+        assert_eq!(c.exec_root, PathBuf::from("/run/berth"));
+        assert_eq!(c.hosts, vec!["unix:///run/berth/berth.sock".to_string()]);
+        assert_eq!(c.log_opts.get("max-size").map(String::as_str), Some("1m"));
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_file_keys_are_an_error() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("daemon.json");
+        std::fs::write(&f, r#"{"no-such-key":1}"#)?;
+        let flags = Flags::parse_from(["berthd", "--config-file", f.to_str().unwrap_or_default()]);
+        assert!(Config::load(flags).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! The event bus behind `GET /events`: a bounded history for `since`/`until` replay plus a
+//! broadcast channel for live subscribers. Events carry dockerd's legacy fields
+//! (`status`, `id`, `from`) beside `Type`/`Action`/`Actor`.
+
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use tokio::sync::broadcast;
+
+/// How many past events are kept for replay (dockerd keeps 256; we keep more).
+const HISTORY: usize = 4096;
+
+/// One event, serialized exactly as dockerd does.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Event {
+    /// Legacy: the action, for containers and images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Legacy: the actor id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Legacy: the container's image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// `container`, `image`, `network`, `volume`, `daemon`.
+    #[serde(rename = "Type")]
+    pub typ: String,
+    /// `create`, `start`, `die`, …
+    #[serde(rename = "Action")]
+    pub action: String,
+    /// The object and its attributes.
+    #[serde(rename = "Actor")]
+    pub actor: Actor,
+    /// Always `local`.
+    pub scope: String,
+    /// Unix seconds.
+    pub time: i64,
+    /// Unix nanoseconds.
+    #[serde(rename = "timeNano")]
+    pub time_nano: i64,
+}
+
+/// The object an event is about.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Actor {
+    /// Object id.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Attributes (name, image, exitCode, signal, labels…), sorted.
+    #[serde(rename = "Attributes")]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Publishes events and serves replay and subscriptions.
+pub struct EventBus {
+    history: Mutex<VecDeque<Event>>,
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(1024);
+        EventBus {
+            history: Mutex::new(VecDeque::new()),
+            tx,
+        }
+    }
+
+    /// Publishes one event now.
+    pub fn publish(&self, typ: &str, action: &str, id: &str, attributes: BTreeMap<String, String>) {
+        let now = chrono::Utc::now();
+        let time_nano = now.timestamp_nanos_opt().unwrap_or(0);
+        let legacy = typ == "container" || typ == "image";
+        let ev = Event {
+            status: legacy.then(|| action.to_string()),
+            id: legacy.then(|| id.to_string()),
+            from: if typ == "container" {
+                attributes.get("image").cloned()
+            } else {
+                None
+            },
+            typ: typ.to_string(),
+            action: action.to_string(),
+            actor: Actor {
+                id: id.to_string(),
+                attributes,
+            },
+            scope: "local".into(),
+            time: time_nano / 1_000_000_000,
+            time_nano,
+        };
+        if let Ok(mut h) = self.history.lock() {
+            if h.len() >= HISTORY {
+                h.pop_front();
+            }
+            h.push_back(ev.clone());
+        }
+        let _ = self.tx.send(ev);
+    }
+
+    /// Subscribes first, then copies the history, so no event falls between the two.
+    pub fn subscribe(&self) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let rx = self.tx.subscribe();
+        let past = self
+            .history
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default();
+        (past, rx)
+    }
+}
+
+/// Event filters as the CLI sends them (`type`, `event`, `container`, `image`, `label`, …).
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// filter key → accepted values.
+    pub filters: HashMap<String, Vec<String>>,
+}
+
+impl EventFilter {
+    /// Whether an event passes every filter key (values of one key are OR-ed).
+    pub fn matches(&self, ev: &Event) -> bool {
+        self.filters.iter().all(|(key, vals)| {
+            vals.iter().any(|v| match key.as_str() {
+                "type" => ev.typ == *v,
+                "event" => ev.action == *v || ev.action.starts_with(&format!("{v}:")),
+                "container" => {
+                    ev.typ == "container"
+                        && (ev.actor.id.starts_with(v.as_str())
+                            || ev.actor.attributes.get("name") == Some(v))
+                }
+                "image" => {
+                    ev.actor.attributes.get("image") == Some(v)
+                        || (ev.typ == "image"
+                            && (ev.actor.id == *v
+                                || ev.actor.attributes.get("name") == Some(v)))
+                }
+                "network" => {
+                    ev.typ == "network"
+                        && (ev.actor.id.starts_with(v.as_str())
+                            || ev.actor.attributes.get("name") == Some(v))
+                }
+                "label" => match v.split_once('=') {
+                    Some((k, val)) => ev.actor.attributes.get(k).map(String::as_str) == Some(val),
+                    None => ev.actor.attributes.contains_key(v.as_str()),
+                },
+                "scope" => v == "local",
+                _ => true,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_have_legacy_fields_and_filters_work() {
+        let bus = EventBus::new();
+        let mut attrs = BTreeMap::new();
+        attrs.insert("name".to_string(), "web".to_string());
+        attrs.insert("image".to_string(), "busybox".to_string());
+        attrs.insert("exitCode".to_string(), "3".to_string());
+        bus.publish("container", "die", "abc123", attrs);
+        bus.publish("image", "tag", "sha256:1", BTreeMap::new());
+        let (past, _rx) = bus.subscribe();
+        assert_eq!(past.len(), 2);
+        let json = serde_json::to_value(&past[0]).expect("json");
+        assert_eq!(json["status"], "die");
+        assert_eq!(json["from"], "busybox");
+        assert_eq!(json["Actor"]["Attributes"]["exitCode"], "3");
+        let mut f = EventFilter::default();
+        f.filters.insert("container".into(), vec!["web".into()]);
+        assert!(f.matches(&past[0]));
+        assert!(!f.matches(&past[1]));
+        f.filters.insert("event".into(), vec!["start".into()]);
+        assert!(!f.matches(&past[0]));
+    }
+}

@@ -1,0 +1,15 @@
+#![recursion_limit = "256"]
+
+//! berthd: a container-host daemon that speaks the Docker Engine API (1.41).
+//!
+//! Layout (see `DESIGN.md`): [`master`] holds the listening sockets and spawns shims;
+//! [`server`] is the HTTP layer (router, handlers, the single error→status mapping);
+//! [`container`], [`image`], [`network`] hold the logic; [`store`] is the metadata store;
+//! [`shimclient`] speaks the shim protocol.
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod listener;
+pub mod server;
+pub mod store;

@@ -1,0 +1,681 @@
+//! A small HTTP/1.1 server for the Docker API over unix sockets.
+//!
+//! We parse with `httparse` (hyper's own parser) instead of running hyper's server because
+//! berth must be able to give a client connection away at any request boundary or in the
+//! middle of a response: to a shim (attach, exec, wait, `logs -f`: invariant 2) and, later,
+//! to the next worker generation (idle keep-alive connections during a live upgrade).
+//! hyper's server owns the socket and only returns it after an `Upgrade`, which `wait` and
+//! `logs` never send. Here the connection loop owns the raw `UnixStream` plus the bytes it
+//! has read ahead, and a handler can take both ([`Response::Takeover`]).
+
+use bytes::{Buf, BytesMut};
+use std::collections::HashMap;
+use std::io::Write as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// Largest request head we accept.
+const MAX_HEAD: usize = 64 * 1024;
+/// Bodies up to this size stay in memory; larger ones are spooled to a temp file.
+const MEM_BODY: usize = 4 * 1024 * 1024;
+/// Largest JSON body a handler may ask for in memory.
+pub const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
+
+/// A parsed request.
+#[derive(Debug)]
+pub struct Request {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// Path with any `/vX.Y` prefix removed, percent-decoded.
+    pub path: String,
+    /// The API version from the prefix, when there was one.
+    pub api_version: Option<String>,
+    /// Query parameters (each may repeat).
+    pub query: HashMap<String, Vec<String>>,
+    /// Lower-cased header names.
+    pub headers: HashMap<String, String>,
+    /// The body.
+    pub body: Body,
+}
+
+/// A request body.
+#[derive(Debug)]
+pub enum Body {
+    /// In memory (JSON and small uploads).
+    Mem(Vec<u8>),
+    /// Spooled to an unlinked temp file (large uploads).
+    File(std::fs::File),
+}
+
+impl Body {
+    /// The body as bytes, refusing bodies that are too big to hold.
+    pub fn bytes(self) -> Result<Vec<u8>, String> {
+        match self {
+            Body::Mem(b) => Ok(b),
+            Body::File(mut f) => {
+                use std::io::{Read, Seek};
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                if len as usize > MAX_JSON_BODY {
+                    return Err(format!("request body too large ({len} bytes)"));
+                }
+                let mut v = Vec::with_capacity(len as usize);
+                f.seek(std::io::SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+                f.read_to_end(&mut v).map_err(|e| e.to_string())?;
+                Ok(v)
+            }
+        }
+    }
+
+    /// The body as a blocking reader (for tar uploads).
+    pub fn reader(self) -> Box<dyn std::io::Read + Send> {
+        match self {
+            Body::Mem(b) => Box::new(std::io::Cursor::new(b)),
+            Body::File(mut f) => {
+                use std::io::Seek;
+                let _ = f.seek(std::io::SeekFrom::Start(0));
+                Box::new(f)
+            }
+        }
+    }
+}
+
+impl Request {
+    /// First value of a query parameter.
+    pub fn q(&self, key: &str) -> Option<&str> {
+        self.query
+            .get(key)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+
+    /// Every value of a repeated query parameter.
+    pub fn q_all(&self, key: &str) -> Vec<String> {
+        self.query.get(key).cloned().unwrap_or_default()
+    }
+
+    /// A boolean query parameter (`1`, `true`, `True`); absent = `default`.
+    pub fn q_bool(&self, key: &str, default: bool) -> bool {
+        match self.q(key) {
+            None => default,
+            Some(v) => matches!(v, "1" | "true" | "True" | "TRUE" | "yes"),
+        }
+    }
+
+    /// A header value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// A connection handed to a handler after the response head was written.
+pub struct Conn {
+    /// The client socket.
+    pub stream: UnixStream,
+    /// Bytes already read from the socket past the request.
+    pub leftover: Vec<u8>,
+}
+
+/// What a handler returns.
+pub enum Response {
+    /// A complete response.
+    Full {
+        /// HTTP status.
+        status: u16,
+        /// Content-Type, if there is a body.
+        content_type: Option<&'static str>,
+        /// Extra headers.
+        headers: Vec<(String, String)>,
+        /// Body bytes.
+        body: Vec<u8>,
+    },
+    /// A chunked stream; ends when the sender is dropped.
+    Stream {
+        /// HTTP status.
+        status: u16,
+        /// Content-Type.
+        content_type: &'static str,
+        /// Extra headers.
+        headers: Vec<(String, String)>,
+        /// Chunks.
+        rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    },
+    /// Write a head, then give the connection to `then` (the connection is not reused).
+    Takeover {
+        /// 101 (hijack) or 200 (a chunked body written by whoever takes the connection).
+        status: u16,
+        /// Content-Type.
+        content_type: &'static str,
+        /// Receives the connection.
+        then: Box<dyn FnOnce(Conn) -> futures::future::BoxFuture<'static, ()> + Send>,
+    },
+}
+
+impl Response {
+    /// The status this response will carry.
+    pub fn status_code(&self) -> u16 {
+        match self {
+            Response::Full { status, .. }
+            | Response::Stream { status, .. }
+            | Response::Takeover { status, .. } => *status,
+        }
+    }
+
+    /// A JSON body with a status.
+    pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Response {
+        match serde_json::to_vec(value) {
+            Ok(mut body) => {
+                body.push(b'\n');
+                Response::Full {
+                    status,
+                    content_type: Some("application/json"),
+                    headers: vec![],
+                    body,
+                }
+            }
+            Err(e) => Response::error(500, &format!("encode response: {e}")),
+        }
+    }
+
+    /// A Docker error body.
+    pub fn error(status: u16, message: &str) -> Response {
+        let body = serde_json::json!({ "message": message });
+        let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+        bytes.push(b'\n');
+        Response::Full {
+            status,
+            content_type: Some("application/json"),
+            headers: vec![],
+            body: bytes,
+        }
+    }
+
+    /// An empty response.
+    pub fn empty(status: u16) -> Response {
+        Response::Full {
+            status,
+            content_type: None,
+            headers: vec![],
+            body: vec![],
+        }
+    }
+
+    /// A plain-text body.
+    pub fn text(status: u16, text: &str) -> Response {
+        Response::Full {
+            status,
+            content_type: Some("text/plain; charset=utf-8"),
+            headers: vec![],
+            body: text.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// Headers dockerd adds to every response.
+pub fn common_headers() -> String {
+    format!(
+        "Api-Version: {}\r\nDocker-Experimental: false\r\nOstype: linux\r\nServer: Docker/{} (linux)\r\n",
+        berth_api::API_VERSION,
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "UPGRADED",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Encodes one chunk of a chunked body.
+pub fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 16);
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The terminating chunk.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Something that turns requests into responses.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request.
+    fn handle(&self, req: Request) -> futures::future::BoxFuture<'_, Response>;
+}
+
+/// Why reading a request stopped.
+enum ReadOutcome {
+    Request(Request, bool),
+    Closed,
+    Bad(u16, String),
+}
+
+/// Serves one connection until it closes or is taken over.
+pub async fn serve_conn<H: Handler + ?Sized>(mut stream: UnixStream, handler: &H) {
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        let (req, keep_alive) = match read_request(&mut stream, &mut buf).await {
+            ReadOutcome::Request(r, k) => (r, k),
+            ReadOutcome::Closed => return,
+            ReadOutcome::Bad(status, msg) => {
+                if let Some(p) = FullParts::of(Response::error(status, &msg)) {
+                    let _ = write_full(&mut stream, p, false, false).await;
+                }
+                return;
+            }
+        };
+        let is_head = req.method == "HEAD";
+        let resp = handler.handle(req).await;
+        match resp {
+            r @ Response::Full { .. } => {
+                let Some(parts) = FullParts::of(r) else { return };
+                if write_full(&mut stream, parts, keep_alive, is_head).await.is_err() {
+                    return;
+                }
+            }
+            Response::Stream {
+                status,
+                content_type,
+                headers,
+                mut rx,
+            } => {
+                let mut head = format!(
+                    "HTTP/1.1 {status} {}\r\n{}Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n",
+                    reason(status),
+                    common_headers()
+                );
+                for (k, v) in headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str("\r\n");
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = stream.flush().await;
+                while let Some(data) = rx.recv().await {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if stream.write_all(&chunk(&data)).await.is_err() {
+                        return;
+                    }
+                }
+                if stream.write_all(LAST_CHUNK).await.is_err() || !keep_alive {
+                    return;
+                }
+            }
+            Response::Takeover {
+                status,
+                content_type,
+                then,
+            } => {
+                let head = if status == 101 {
+                    format!(
+                        "HTTP/1.1 101 UPGRADED\r\nContent-Type: {content_type}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n{}\r\n",
+                        common_headers()
+                    )
+                } else {
+                    format!(
+                        "HTTP/1.1 {status} {}\r\n{}Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+                        reason(status),
+                        common_headers()
+                    )
+                };
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = stream.flush().await;
+                let leftover = buf.to_vec();
+                then(Conn { stream, leftover }).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The parts of a complete response.
+struct FullParts {
+    status: u16,
+    content_type: Option<&'static str>,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl FullParts {
+    fn of(resp: Response) -> Option<FullParts> {
+        match resp {
+            Response::Full {
+                status,
+                content_type,
+                headers,
+                body,
+            } => Some(FullParts {
+                status,
+                content_type,
+                headers,
+                body,
+            }),
+            _ => None,
+        }
+    }
+}
+
+async fn write_full(
+    stream: &mut UnixStream,
+    resp: FullParts,
+    keep_alive: bool,
+    is_head: bool,
+) -> std::io::Result<()> {
+    let FullParts {
+        status,
+        content_type,
+        headers,
+        body,
+    } = &resp;
+    let mut head = format!("HTTP/1.1 {status} {}\r\n{}", reason(*status), common_headers());
+    if let Some(ct) = content_type {
+        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if *status != 204 && *status != 304 {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    if !keep_alive {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    if !is_head && *status != 204 && *status != 304 {
+        out.extend_from_slice(body);
+    }
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+async fn fill(stream: &mut UnixStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    buf.reserve(8192);
+    stream.read_buf(buf).await
+}
+
+async fn read_request(stream: &mut UnixStream, buf: &mut BytesMut) -> ReadOutcome {
+    // Read the head.
+    let (head_len, method, target, headers, http10) = loop {
+        let parsed = {
+            let mut hdrs = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut hdrs);
+            match req.parse(buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let mut headers = HashMap::new();
+                    for h in req.headers.iter() {
+                        headers.insert(
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        );
+                    }
+                    Ok(Some((
+                        n,
+                        req.method.unwrap_or("GET").to_string(),
+                        req.path.unwrap_or("/").to_string(),
+                        headers,
+                        req.version == Some(0),
+                    )))
+                }
+                Ok(httparse::Status::Partial) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match parsed {
+            Ok(Some(head)) => break head,
+            Ok(None) => {
+                if buf.len() > MAX_HEAD {
+                    return ReadOutcome::Bad(400, "request header too large".into());
+                }
+                match fill(stream, buf).await {
+                    Ok(0) | Err(_) => return ReadOutcome::Closed,
+                    Ok(_) => {}
+                }
+            }
+            Err(e) => return ReadOutcome::Bad(400, format!("malformed HTTP request: {e}")),
+        }
+    };
+    buf.advance(head_len);
+    let keep_alive = match headers.get("connection").map(|s| s.to_ascii_lowercase()) {
+        Some(c) if c.contains("close") => false,
+        Some(c) if c.contains("keep-alive") => true,
+        _ => !http10,
+    };
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        match read_chunked(stream, buf).await {
+            Ok(b) => b,
+            Err(e) => return ReadOutcome::Bad(400, format!("read request body: {e}")),
+        }
+    } else {
+        let len: usize = match headers.get("content-length").map(|v| v.trim().parse()) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => return ReadOutcome::Bad(400, "invalid Content-Length".into()),
+        };
+        match read_sized(stream, buf, len).await {
+            Ok(b) => b,
+            Err(e) => return ReadOutcome::Bad(400, format!("read request body: {e}")),
+        }
+    };
+    let (path, api_version, query) = split_target(&target);
+    ReadOutcome::Request(
+        Request {
+            method,
+            path,
+            api_version,
+            query,
+            headers,
+            body,
+        },
+        keep_alive,
+    )
+}
+
+/// Accumulates body bytes in memory, switching to a temp file past [`MEM_BODY`].
+struct Sink {
+    mem: Vec<u8>,
+    file: Option<std::fs::File>,
+}
+
+impl Sink {
+    fn new() -> Self {
+        Sink {
+            mem: Vec::new(),
+            file: None,
+        }
+    }
+    fn push(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if let Some(f) = &mut self.file {
+            return f.write_all(data);
+        }
+        self.mem.extend_from_slice(data);
+        if self.mem.len() > MEM_BODY {
+            let mut f = tempfile::tempfile()?;
+            f.write_all(&self.mem)?;
+            self.mem = Vec::new();
+            self.file = Some(f);
+        }
+        Ok(())
+    }
+    fn finish(self) -> Body {
+        match self.file {
+            Some(f) => Body::File(f),
+            None => Body::Mem(self.mem),
+        }
+    }
+}
+
+async fn read_sized(stream: &mut UnixStream, buf: &mut BytesMut, len: usize) -> std::io::Result<Body> {
+    let mut sink = Sink::new();
+    let mut left = len;
+    while left > 0 {
+        if buf.is_empty() && fill(stream, buf).await? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "body cut short"));
+        }
+        let n = left.min(buf.len());
+        sink.push(&buf[..n])?;
+        buf.advance(n);
+        left -= n;
+    }
+    Ok(sink.finish())
+}
+
+async fn read_line(stream: &mut UnixStream, buf: &mut BytesMut) -> std::io::Result<String> {
+    loop {
+        if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..pos]).into_owned();
+            buf.advance(pos + 2);
+            return Ok(line);
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "chunk line too long"));
+        }
+        if fill(stream, buf).await? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "body cut short"));
+        }
+    }
+}
+
+async fn read_chunked(stream: &mut UnixStream, buf: &mut BytesMut) -> std::io::Result<Body> {
+    let mut sink = Sink::new();
+    loop {
+        let line = read_line(stream, buf).await?;
+        let size_str = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_str, 16).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad chunk size {size_str:?}"))
+        })?;
+        if size == 0 {
+            // Trailers until an empty line.
+            loop {
+                if read_line(stream, buf).await?.is_empty() {
+                    return Ok(sink.finish());
+                }
+            }
+        }
+        let mut left = size;
+        while left > 0 {
+            if buf.is_empty() && fill(stream, buf).await? == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "body cut short"));
+            }
+            let n = left.min(buf.len());
+            sink.push(&buf[..n])?;
+            buf.advance(n);
+            left -= n;
+        }
+        let crlf = read_line(stream, buf).await?;
+        if !crlf.is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "missing CRLF after chunk"));
+        }
+    }
+}
+
+/// Splits a request target into (path without version prefix, version, query).
+pub fn split_target(target: &str) -> (String, Option<String>, HashMap<String, Vec<String>>) {
+    let (raw_path, raw_query) = match target.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (target, ""),
+    };
+    let decoded = percent_encoding::percent_decode_str(raw_path)
+        .decode_utf8_lossy()
+        .into_owned();
+    let mut version = None;
+    let mut path = decoded.clone();
+    if let Some(rest) = decoded.strip_prefix("/v") {
+        if let Some((v, tail)) = rest.split_once('/') {
+            if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                version = Some(v.to_string());
+                path = format!("/{tail}");
+            }
+        }
+    }
+    let mut query: HashMap<String, Vec<String>> = HashMap::new();
+    for pair in raw_query.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let dec = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        query.entry(dec(k)).or_default().push(dec(v));
+    }
+    (path, version, query)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_lose_the_version_prefix_and_decode_queries() {
+        let (p, v, q) = split_target("/v1.41/containers/json?all=1&filters=%7B%22name%22%3A%7B%22a%22%3Atrue%7D%7D&x=a+b&x=c");
+        assert_eq!(p, "/containers/json");
+        assert_eq!(v.as_deref(), Some("1.41"));
+        assert_eq!(q["all"], vec!["1"]);
+        assert_eq!(q["filters"], vec![r#"{"name":{"a":true}}"#]);
+        assert_eq!(q["x"], vec!["a b", "c"]);
+        let (p, v, _) = split_target("/_ping");
+        assert_eq!((p.as_str(), v), ("/_ping", None));
+        let (p, _, _) = split_target("/images/127.0.0.1%3A5000%2Fa/json");
+        assert_eq!(p, "/images/127.0.0.1:5000/a/json");
+    }
+
+    #[test]
+    fn chunks_are_hex_sized() {
+        assert_eq!(chunk(b"hello"), b"5\r\nhello\r\n");
+        assert_eq!(chunk(&[0u8; 26])[..4], *b"1a\r\n");
+    }
+
+    struct Echo;
+    impl Handler for Echo {
+        fn handle(&self, req: Request) -> futures::future::BoxFuture<'_, Response> {
+            Box::pin(async move {
+                let body = req.body.bytes().unwrap_or_default();
+                Response::json(200, &serde_json::json!({"path": req.path, "len": body.len()}))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn keep_alive_and_chunked_bodies_work_on_one_connection() -> anyhow::Result<()> {
+        let (a, mut b) = UnixStream::pair()?;
+        let server = tokio::spawn(async move { serve_conn(a, &Echo).await });
+        b.write_all(b"POST /v1.41/a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\n2\r\nab\r\n0\r\n\r\n").await?;
+        let mut got = Vec::new();
+        let mut tmp = [0u8; 4096];
+        while !(String::from_utf8_lossy(&got).matches("\"len\"").count() == 2) {
+            let n = b.read(&mut tmp).await?;
+            anyhow::ensure!(n > 0, "server closed early");
+            got.extend_from_slice(&tmp[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains(r#"{"len":3,"path":"/a"}"#), "{text}");
+        assert!(text.contains(r#"{"len":6,"path":"/b"}"#), "{text}");
+        assert!(text.contains("Api-Version: 1.41"));
+        drop(b);
+        server.await?;
+        Ok(())
+    }
+}

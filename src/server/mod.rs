@@ -1,0 +1,135 @@
+//! The API server: the daemon's shared state, the accept loops and the router.
+
+pub mod http;
+pub mod router;
+pub mod system;
+
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::store::Store;
+use anyhow::Context;
+use std::sync::Arc;
+
+/// Everything a handler can reach.
+pub struct Daemon {
+    /// Effective configuration.
+    pub config: Config,
+    /// Metadata store.
+    pub store: Store,
+    /// Event bus.
+    pub events: EventBus,
+    /// Daemon id (stable across restarts).
+    pub id: String,
+}
+
+/// Object counts for `/info`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    /// All containers.
+    pub containers: usize,
+    /// Running ones.
+    pub running: usize,
+    /// Paused ones.
+    pub paused: usize,
+    /// Stopped ones.
+    pub stopped: usize,
+    /// Images.
+    pub images: usize,
+}
+
+impl Daemon {
+    /// Object counts for `/info` (containers and images are wired in by their modules).
+    pub fn counts(&self) -> Counts {
+        Counts::default()
+    }
+
+    /// Opens the store and builds the shared state.
+    pub fn open(config: Config) -> anyhow::Result<Arc<Self>> {
+        for d in [&config.data_root, &config.exec_root] {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        let store = Store::open(&config.data_root.join("store")).context("open store")?;
+        let meta = store.table("meta")?;
+        let id = match meta.get::<String>("daemon_id")? {
+            Some(id) => id,
+            None => {
+                let id = crate::server::system::new_daemon_id();
+                meta.put("daemon_id", &id)?;
+                id
+            }
+        };
+        Ok(Arc::new(Daemon {
+            config,
+            store,
+            events: EventBus::new(),
+            id,
+        }))
+    }
+}
+
+fn init_tracing(level: &str) {
+    let level = match level {
+        "fatal" => "error",
+        l => l,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    init_tracing(&config.log_level);
+    let listeners = crate::listener::open_all(&config.hosts).context("open listeners")?;
+    if let Some(p) = &config.pidfile {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("write pidfile {}", p.display()))?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start runtime")?;
+    let pidfile = config.pidfile.clone();
+    let res = rt.block_on(async move {
+        let daemon = Daemon::open(config)?;
+        let router = Arc::new(router::Router::new(daemon.clone()));
+        for l in listeners {
+            l.set_nonblocking(true).context("listener nonblocking")?;
+            let l = tokio::net::UnixListener::from_std(l).context("listener into tokio")?;
+            let router = router.clone();
+            tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok((s, _)) => {
+                            let router = router.clone();
+                            tokio::spawn(async move { http::serve_conn(s, &*router).await });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            });
+        }
+        tracing::info!(hosts = ?daemon.config.hosts, root = %daemon.config.data_root.display(), "berthd serving");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("install SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("berthd stopping; containers keep running under their shims");
+        daemon.store.flush()?;
+        anyhow::Ok(())
+    });
+    if let Some(p) = pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    res
+}
