@@ -30,7 +30,7 @@ run: build ## build and run berthd on $(RUN_SOCK) with its data under $(RUN_ROOT
 
 test: deps ## unit tests, then the root integration tests (real kernel, real docker CLI)
 	$(CARGO) build --workspace
-	$(CARGO) test --workspace -- --test-threads=4
+	$(CARGO) test --workspace --all-features -- --test-threads=4
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check

@@ -9,6 +9,8 @@
 
 pub mod logfmt;
 pub mod shim;
+#[cfg(feature = "transport")]
+pub mod transport;
 
 pub use bollard_stubs::models;
 

@@ -17,7 +17,7 @@ pub struct Daemon {
     /// Metadata store.
     pub store: Store,
     /// Event bus.
-    pub events: EventBus,
+    pub events: Arc<EventBus>,
     /// Daemon id (stable across restarts).
     pub id: String,
 }
@@ -61,7 +61,7 @@ impl Daemon {
         Ok(Arc::new(Daemon {
             config,
             store,
-            events: EventBus::new(),
+            events: Arc::new(EventBus::new()),
             id,
         }))
     }
