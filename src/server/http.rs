@@ -671,8 +671,8 @@ mod tests {
             got.extend_from_slice(&tmp[..n]);
         }
         let text = String::from_utf8_lossy(&got);
-        assert!(text.contains(r#"{"len":3,"path":"/a"}"#), "{text}");
-        assert!(text.contains(r#"{"len":6,"path":"/b"}"#), "{text}");
+        assert!(text.contains(r#"{"path":"/a","len":3}"#), "{text}");
+        assert!(text.contains(r#"{"path":"/b","len":6}"#), "{text}");
         assert!(text.contains("Api-Version: 1.41"));
         drop(b);
         server.await?;

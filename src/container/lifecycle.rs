@@ -1,0 +1,544 @@
+//! Start, stop, kill, restart, pause, rename and remove; following each shim's events;
+//! exit handling with restart policies and auto-removal; re-adoption of shims after a
+//! daemon restart.
+
+use super::pending::{answer_wait, close_attach, Pending};
+use super::record::{parse_signal, Record, Status};
+use super::rootfs::Rootfs;
+use super::{now_ns, Containers};
+use crate::error::{ApiError, ApiResult};
+use berth_api::shim::{ExitRecord, ShimEvent, ShimRequest, ShimResponse, WaitCondition};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Exit code dockerd records for a failed start, from the runtime's message.
+pub fn start_error_code(msg: &str) -> i32 {
+    if msg.contains("executable file not found") || msg.contains("no such file or directory") {
+        127
+    } else if msg.contains("permission denied") || msg.contains("is a directory") {
+        126
+    } else {
+        128
+    }
+}
+
+/// Reads an exit record written by a shim.
+pub fn read_exit_file(path: &std::path::Path) -> Option<ExitRecord> {
+    let data = std::fs::read(path).ok()?;
+    serde_json::from_slice(&data).ok()
+}
+
+impl Containers {
+    /// `POST /containers/{id}/start`.
+    pub async fn start(self: &Arc<Self>, name: &str) -> ApiResult<()> {
+        let id = self.lookup(name)?.id;
+        let _g = self.lock(&id).await;
+        self.start_locked(&id, true).await
+    }
+
+    /// Starts with the op lock held; `user` marks a start asked for by a client.
+    pub(crate) async fn start_locked(self: &Arc<Self>, id: &str, user: bool) -> ApiResult<()> {
+        let rec = self.lookup(id)?;
+        rec.state.check_start(id)?;
+        match self.launch(&rec).await {
+            Ok(pid) => {
+                let rec = self.update(id, |r| {
+                    r.state.started(pid, 0, now_ns());
+                    if user {
+                        r.state.manually_stopped = false;
+                    }
+                })?;
+                self.event(&rec, "start", &[]);
+                self.spawn_monitor(id.to_string());
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let code = start_error_code(&msg);
+                let rec = self.update(id, |r| r.state.start_failed(code, &msg, now_ns()))?;
+                for p in self.pending.take(id) {
+                    match p {
+                        Pending::Attach(_, fd) => close_attach(fd),
+                        Pending::Wait(WaitCondition::Removed, fd) => {
+                            self.pending.push(id, Pending::Wait(WaitCondition::Removed, fd))
+                        }
+                        Pending::Wait(_, fd) => answer_wait(fd, code, None),
+                    }
+                }
+                if rec.host_config.auto_remove == Some(true) {
+                    let me = self.clone();
+                    let id = id.to_string();
+                    tokio::spawn(async move {
+                        let _g = me.lock(&id).await;
+                        if let Err(e) = me.remove_locked(&id, true).await {
+                            tracing::warn!(%id, error = %e, "auto-remove after failed start");
+                        }
+                    });
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Mounts, networks, writes the bundle, spawns the shim, hands over waiting clients
+    /// and starts the container. Returns the init pid.
+    async fn launch(self: &Arc<Self>, rec: &Record) -> ApiResult<i32> {
+        let id = rec.id.as_str();
+        let rootfs = Rootfs::new(&self.paths.data_root, id);
+        let lowers = self.images.layer_dirs(&rec.image_id)?;
+        let merged = rootfs.mount(&lowers)?;
+        let (attachment, netns) = self.setup_network(rec).await?;
+        let cdir = self.paths.container_dir(id);
+        let etc = crate::network::write_etc_files(
+            &cdir,
+            rec.config.hostname.as_deref().unwrap_or(""),
+            rec.config.domainname.as_deref().unwrap_or(""),
+            attachment.as_ref(),
+            rec.host_config.extra_hosts.as_deref().unwrap_or(&[]),
+            rec.host_config.dns.as_deref().unwrap_or(&[]),
+            rec.host_config.dns_search.as_deref().unwrap_or(&[]),
+            rec.host_config.dns_options.as_deref().unwrap_or(&[]),
+        )?;
+        let att_json = attachment
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()?;
+        self.update(id, |r| r.attachment = att_json)?;
+        let bundle = self.write_bundle(rec, &merged, netns.as_deref(), &etc)?;
+        let shim_cfg = self.write_shim_config(rec, &bundle)?;
+        let _ = std::fs::remove_file(self.paths.exit_file(id));
+        let pid = crate::master::spawn_shim(&self.paths.shim_binary, &shim_cfg).await?;
+        let shim = self.shim(id);
+        for p in self.pending.take(id) {
+            let res = match p {
+                Pending::Attach(params, fd) => shim.call(ShimRequest::Attach(params), Some(fd)).await,
+                Pending::Wait(cond, fd) => {
+                    let condition = match cond {
+                        WaitCondition::NextExit => WaitCondition::NotRunning,
+                        c => c,
+                    };
+                    shim.call(ShimRequest::Wait { condition }, Some(fd)).await
+                }
+            };
+            if let Err(e) = res {
+                tracing::warn!(%id, error = %e, "handing a waiting client to the shim failed");
+            }
+        }
+        shim.call(ShimRequest::Start, None).await?;
+        Ok(pid)
+    }
+
+    /// Sets up the container's network namespace; returns the attachment and netns path.
+    async fn setup_network(
+        &self,
+        rec: &Record,
+    ) -> ApiResult<(Option<crate::network::Attachment>, Option<std::path::PathBuf>)> {
+        let mode_str = rec.host_config.network_mode.clone().unwrap_or_default();
+        let mode = match mode_str.strip_prefix("container:") {
+            Some(other) => {
+                let o = self.lookup(other)?;
+                if !o.state.status.is_live() {
+                    return Err(ApiError::Conflict(format!(
+                        "cannot join network of a non running container: {}",
+                        o.id
+                    )));
+                }
+                crate::network::NetMode::Container(crate::network::netns_path(
+                    &self.paths.exec_root,
+                    &o.id,
+                ))
+            }
+            None => crate::network::NetMode::parse(&mode_str)?,
+        };
+        let req = crate::network::NetRequest {
+            mode,
+            mac: rec.config.mac_address.clone().filter(|m| !m.is_empty()),
+            name: rec.name.clone(),
+        };
+        let att = self.net.ensure(&rec.id, &req).await?;
+        let netns = att.sandbox_path();
+        Ok((att.into_option(), netns))
+    }
+
+    /// Follows a shim's events until its container's exit is handled.
+    pub(crate) fn spawn_monitor(self: &Arc<Self>, id: String) {
+        let me = self.clone();
+        tokio::spawn(async move { me.monitor(id).await });
+    }
+
+    async fn monitor(self: Arc<Self>, id: String) {
+        let mut sub = match self.shim(&id).subscribe().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "cannot follow shim");
+                self.shim_lost(&id).await;
+                return;
+            }
+        };
+        while let Some(ev) = sub.next().await {
+            match ev {
+                ShimEvent::Exit(x) => {
+                    self.handle_exit(&id, &x).await;
+                    if let Err(e) = sub.send(&ShimRequest::AckExit { pid: x.pid }) {
+                        tracing::warn!(%id, error = %e, "acknowledge exit");
+                    }
+                    return;
+                }
+                ShimEvent::Oom => {
+                    if let Ok(rec) = self.lookup(&id) {
+                        self.event(&rec, "oom", &[]);
+                    }
+                }
+                ShimEvent::ExecExit { exec_id, code } => {
+                    self.execs.finished(&exec_id, code);
+                    if let Ok(rec) = self.lookup(&id) {
+                        let cmd = self.execs.command_line(&exec_id);
+                        self.event(&rec, &format!("exec_die: {cmd}"), &[("execID", exec_id.clone()), ("exitCode", code.to_string())]);
+                    }
+                }
+            }
+        }
+        self.shim_lost(&id).await;
+    }
+
+    /// The shim closed without an exit being handled: use its exit file, or record the
+    /// loss explicitly (never a made-up code).
+    async fn shim_lost(self: &Arc<Self>, id: &str) {
+        let Ok(rec) = self.lookup(id) else { return };
+        if !rec.state.status.is_live() && rec.state.status != Status::Restarting {
+            return;
+        }
+        if let Some(x) = read_exit_file(&self.paths.exit_file(id)) {
+            self.handle_exit(id, &x).await;
+            return;
+        }
+        let pid = rec.state.pid;
+        if pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::error!(%id, pid, "shim is gone but the container runs; it is no longer monitored");
+            return;
+        }
+        let _ = self.update(id, |r| {
+            r.state.exited(255, false, now_ns());
+            r.state.error = "shim exited without an exit record: exit status unknown".into();
+        });
+        self.notify_exit(id);
+    }
+
+    /// Records an exit (idempotent), emits events, then applies auto-remove or the
+    /// restart policy.
+    pub(crate) async fn handle_exit(self: &Arc<Self>, id: &str, x: &ExitRecord) {
+        let Ok(before) = self.lookup(id) else { return };
+        if !before.state.status.is_live() && before.state.finished_at_ns == x.finished_at_ns {
+            return;
+        }
+        let rec = match self.update(id, |r| r.state.exited(x.code, x.oom_killed, x.finished_at_ns)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(%id, error = %e, "recording exit failed");
+                return;
+            }
+        };
+        if x.oom_killed {
+            self.event(&rec, "oom", &[]);
+        }
+        self.event(&rec, "die", &[("exitCode", x.code.to_string())]);
+        self.notify_exit(id);
+        if rec.host_config.auto_remove == Some(true) {
+            let me = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move {
+                let _g = me.lock(&id).await;
+                if let Err(e) = me.remove_locked(&id, true).await {
+                    tracing::warn!(%id, error = %e, "auto-remove failed");
+                }
+            });
+        } else if rec.should_restart(x.code) {
+            let ran_ns = x.finished_at_ns - before.state.started_at_ns;
+            let count = if ran_ns > 10_000_000_000 { 0 } else { rec.state.restart_count };
+            let delay = Duration::from_millis(100u64 << count.clamp(0, 9) as u64);
+            let _ = self.update(id, |r| r.state.status = Status::Restarting);
+            let me = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _g = me.lock(&id).await;
+                let Ok(cur) = me.lookup(&id) else { return };
+                if cur.state.status != Status::Restarting {
+                    return;
+                }
+                let _ = me.update(&id, |r| {
+                    r.state.status = Status::Exited;
+                    r.state.restart_count += 1;
+                });
+                if let Err(e) = me.start_locked(&id, false).await {
+                    tracing::warn!(%id, error = %e, "restart by policy failed");
+                }
+            });
+        }
+    }
+
+    async fn wait_exit(&self, rx: &mut tokio::sync::watch::Receiver<u64>, gen0: u64, t: Option<Duration>) -> bool {
+        let fut = rx.wait_for(|g| *g != gen0);
+        match t {
+            Some(t) => matches!(tokio::time::timeout(t, fut).await, Ok(Ok(_))),
+            None => fut.await.is_ok(),
+        }
+    }
+
+    /// `POST /containers/{id}/stop?t=`.
+    pub async fn stop(self: &Arc<Self>, name: &str, t: Option<i64>) -> ApiResult<()> {
+        let id = self.lookup(name)?.id;
+        let _g = self.lock(&id).await;
+        self.stop_locked(&id, t).await
+    }
+
+    pub(crate) async fn stop_locked(self: &Arc<Self>, id: &str, t: Option<i64>) -> ApiResult<()> {
+        let rec = self.lookup(id)?;
+        if rec.state.status == Status::Restarting {
+            self.update(id, |r| {
+                r.state.status = Status::Exited;
+                r.state.manually_stopped = true;
+            })?;
+            return Ok(());
+        }
+        if !rec.state.status.is_live() {
+            return Err(ApiError::NotModified);
+        }
+        let rec = self.update(id, |r| r.state.manually_stopped = true)?;
+        let shim = self.shim(id);
+        if rec.state.status == Status::Paused {
+            shim.call(ShimRequest::Resume, None).await?;
+        }
+        let mut rx = self.exit_watch(id);
+        let gen0 = *rx.borrow();
+        let sig = parse_signal(&rec.stop_signal()).unwrap_or(libc::SIGTERM);
+        let timeout = t.unwrap_or_else(|| rec.stop_timeout());
+        shim.call(ShimRequest::Kill { signal: sig, all: false }, None).await?;
+        self.event(&rec, "kill", &[("signal", sig.to_string())]);
+        let limit = (timeout >= 0).then(|| Duration::from_secs(timeout as u64));
+        if !self.wait_exit(&mut rx, gen0, limit).await {
+            shim.call(ShimRequest::Kill { signal: libc::SIGKILL, all: true }, None).await?;
+            self.event(&rec, "kill", &[("signal", libc::SIGKILL.to_string())]);
+            if !self.wait_exit(&mut rx, gen0, Some(Duration::from_secs(30))).await {
+                return Err(ApiError::Internal(format!(
+                    "cannot stop container {id}: it did not exit after SIGKILL"
+                )));
+            }
+        }
+        self.event(&rec, "stop", &[]);
+        Ok(())
+    }
+
+    /// `POST /containers/{id}/kill?signal=`.
+    pub async fn kill(self: &Arc<Self>, name: &str, signal: Option<&str>) -> ApiResult<()> {
+        let sig = match signal.filter(|s| !s.is_empty()) {
+            Some(s) => parse_signal(s)?,
+            None => libc::SIGKILL,
+        };
+        let id = self.lookup(name)?.id;
+        let _g = self.lock(&id).await;
+        let rec = self.lookup(&id)?;
+        if !rec.state.status.is_live() {
+            return Err(ApiError::Conflict(format!(
+                "Cannot kill container: {name}: Container {id} is not running"
+            )));
+        }
+        let mut rx = self.exit_watch(&id);
+        let gen0 = *rx.borrow();
+        self.update(&id, |r| r.state.manually_stopped = true)?;
+        self.shim(&id)
+            .call(ShimRequest::Kill { signal: sig, all: sig == libc::SIGKILL }, None)
+            .await?;
+        self.event(&rec, "kill", &[("signal", sig.to_string())]);
+        if sig == libc::SIGKILL {
+            self.wait_exit(&mut rx, gen0, Some(Duration::from_secs(10))).await;
+        }
+        Ok(())
+    }
+
+    /// `POST /containers/{id}/restart?t=`.
+    pub async fn restart(self: &Arc<Self>, name: &str, t: Option<i64>) -> ApiResult<()> {
+        let id = self.lookup(name)?.id;
+        let _g = self.lock(&id).await;
+        match self.stop_locked(&id, t).await {
+            Ok(()) | Err(ApiError::NotModified) => {}
+            Err(e) => return Err(e),
+        }
+        self.start_locked(&id, true).await?;
+        if let Ok(rec) = self.lookup(&id) {
+            self.event(&rec, "restart", &[]);
+        }
+        Ok(())
+    }
+
+    /// `POST /containers/{id}/pause` and `/unpause`.
+    pub async fn pause(self: &Arc<Self>, name: &str, pause: bool) -> ApiResult<()> {
+        let id = self.lookup(name)?.id;
+        let _g = self.lock(&id).await;
+        let rec = self.lookup(&id)?;
+        match (rec.state.status, pause) {
+            (Status::Running, true) | (Status::Paused, false) => {}
+            (Status::Paused, true) => {
+                return Err(ApiError::Conflict(format!("Container {id} is already paused")))
+            }
+            (Status::Running, false) => {
+                return Err(ApiError::Conflict(format!("Container {id} is not paused")))
+            }
+            _ => return Err(ApiError::Conflict(format!("Container {id} is not running"))),
+        }
+        let req = if pause { ShimRequest::Pause } else { ShimRequest::Resume };
+        self.shim(&id).call(req, None).await?;
+        let rec = self.update(&id, |r| {
+            r.state.status = if pause { Status::Paused } else { Status::Running }
+        })?;
+        self.event(&rec, if pause { "pause" } else { "unpause" }, &[]);
+        Ok(())
+    }
+
+    /// `POST /containers/{id}/rename?name=`.
+    pub async fn rename(&self, name: &str, new_name: &str) -> ApiResult<()> {
+        let new = super::create::validate_name(new_name)?;
+        let rec = self.lookup(name)?;
+        let old = rec.name.clone();
+        {
+            let mut recs = self.recs();
+            if let Some(other) = recs.values().find(|r| r.name == new && r.id != rec.id) {
+                return Err(ApiError::Conflict(format!(
+                    "Conflict. The container name \"/{new}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                    other.id
+                )));
+            }
+            if let Some(r) = recs.get_mut(&rec.id) {
+                r.name = new.clone();
+            }
+        }
+        let rec = self.update(&rec.id, |r| r.name = new.clone())?;
+        self.event(&rec, "rename", &[("oldName", format!("/{old}"))]);
+        Ok(())
+    }
+
+    /// `DELETE /containers/{id}?force=`.
+    pub async fn remove(self: &Arc<Self>, name: &str, force: bool) -> ApiResult<()> {
+        let id = self.lookup(name)?.id;
+        let _g = self.lock(&id).await;
+        self.remove_locked(&id, force).await
+    }
+
+    pub(crate) async fn remove_locked(self: &Arc<Self>, id: &str, force: bool) -> ApiResult<()> {
+        let Ok(rec) = self.lookup(id) else {
+            return Ok(());
+        };
+        if rec.state.status.is_live() {
+            if !force {
+                return Err(ApiError::Conflict(format!(
+                    "You cannot remove a running container {id}. Stop the container before attempting removal or force remove"
+                )));
+            }
+            let mut rx = self.exit_watch(id);
+            let gen0 = *rx.borrow();
+            let shim = self.shim(id);
+            if rec.state.status == Status::Paused {
+                let _ = shim.call(ShimRequest::Resume, None).await;
+            }
+            shim.call(ShimRequest::Kill { signal: libc::SIGKILL, all: true }, None).await?;
+            self.event(&rec, "kill", &[("signal", libc::SIGKILL.to_string())]);
+            if !self.wait_exit(&mut rx, gen0, Some(Duration::from_secs(30))).await {
+                return Err(ApiError::Internal(format!(
+                    "could not kill running container {id}, cannot remove"
+                )));
+            }
+        }
+        let rec = self.update(id, |r| r.state.status = Status::Removing)?;
+        let code = rec.state.exit_code;
+        self.net.release(id).await?;
+        Rootfs::new(&self.paths.data_root, id).remove()?;
+        let shim = self.shim(id);
+        let _ = shim.call(ShimRequest::Removed, None).await;
+        for p in self.pending.take(id) {
+            match p {
+                Pending::Attach(_, fd) => close_attach(fd),
+                Pending::Wait(_, fd) => answer_wait(fd, code, None),
+            }
+        }
+        for dir in [self.paths.container_dir(id), self.paths.shim_dir(id)] {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %dir.display(), error = %e, "remove container files");
+                }
+            }
+        }
+        self.execs.forget_container(id);
+        self.forget(id)?;
+        self.event(&rec, "destroy", &[]);
+        self.notify_exit(id);
+        Ok(())
+    }
+
+    /// After a daemon start: re-adopt live shims, record exits that happened while no
+    /// daemon ran, finish interrupted removals, apply restart policies.
+    pub async fn restore(self: &Arc<Self>) {
+        let all = self.all();
+        let ids: Vec<String> = all.iter().map(|r| r.id.clone()).collect();
+        if let Err(e) = self.net.reconcile(&ids).await {
+            tracing::warn!(error = %e, "network reconcile");
+        }
+        for rec in all {
+            let id = rec.id.clone();
+            match rec.state.status {
+                Status::Running | Status::Paused => {
+                    let shim = self.shim(&id);
+                    match shim.call(ShimRequest::State, None).await {
+                        Ok(ShimResponse::State(st)) => {
+                            tracing::info!(%id, pid = st.pid, "re-adopted shim");
+                            self.spawn_monitor(id);
+                        }
+                        _ => self.shim_lost(&id).await,
+                    }
+                }
+                Status::Restarting => {
+                    let _ = self.update(&id, |r| r.state.status = Status::Exited);
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _g = me.lock(&id).await;
+                        if let Err(e) = me.start_locked(&id, false).await {
+                            tracing::warn!(%id, error = %e, "restart by policy after daemon start");
+                        }
+                    });
+                }
+                Status::Removing => {
+                    let _g = self.lock(&id).await;
+                    if let Err(e) = self.remove_locked(&id, true).await {
+                        tracing::warn!(%id, error = %e, "finishing interrupted removal");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Hands a client connection to the running shim, or returns it when no shim takes it.
+    pub(crate) async fn hand_to_shim(&self, id: &str, req: ShimRequest, fd: OwnedFd) -> Option<OwnedFd> {
+        let keep = fd.try_clone().ok();
+        match self.shim(id).call(req, Some(fd)).await {
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(%id, error = %e, "shim did not take the connection");
+                keep
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_map_to_dockerd_exit_codes() {
+        assert_eq!(start_error_code("exec: \"nosuch\": executable file not found in $PATH"), 127);
+        assert_eq!(start_error_code("chdir to cwd: no such file or directory"), 127);
+        assert_eq!(start_error_code("exec /x: permission denied"), 126);
+        assert_eq!(start_error_code("network nonet not found"), 128);
+    }
+}

@@ -1,0 +1,177 @@
+//! HTTP handlers for `/containers/...` and `/exec/...`.
+
+use super::http::{Request, Response};
+use super::Daemon;
+use crate::container::streams::parse_detach_keys;
+use crate::error::{ApiError, ApiResult};
+use berth_api::models::{ContainerCreateBody, ExecConfig};
+use berth_api::shim::{AttachParams, LogsParams};
+use serde_json::json;
+
+fn json_body<T: serde::de::DeserializeOwned + Default>(req: Request) -> ApiResult<T> {
+    let bytes = req.body.bytes().map_err(ApiError::BadRequest)?;
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+fn q_i64(req: &Request, key: &str) -> ApiResult<Option<i64>> {
+    match req.q(key).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest(format!("invalid value for {key}: {v:?}"))),
+    }
+}
+
+fn is_upgrade(req: &Request) -> bool {
+    req.header("upgrade").is_some()
+        || req
+            .header("connection")
+            .is_some_and(|c| c.to_ascii_lowercase().contains("upgrade"))
+}
+
+/// Routes `/containers/...`.
+pub async fn route(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Response> {
+    let c = &d.containers;
+    let method = req.method.clone();
+    match (method.as_str(), segs) {
+        ("POST", ["containers", "create"]) => create(d, req).await,
+        ("GET", ["containers", "json"]) => {
+            let filters = super::system::parse_filters(req.q("filters"))?;
+            let limit = q_i64(&req, "limit")?.filter(|l| *l > 0).map(|l| l as usize);
+            Ok(Response::json(200, &c.list(req.q_bool("all", false), limit, &filters)?))
+        }
+        ("GET", ["containers", id, "json"]) => Ok(Response::json(200, &c.inspect(id)?)),
+        ("POST", ["containers", id, "start"]) => {
+            c.start(id).await?;
+            Ok(Response::empty(204))
+        }
+        ("POST", ["containers", id, "stop"]) => {
+            c.stop(id, q_i64(&req, "t")?).await?;
+            Ok(Response::empty(204))
+        }
+        ("POST", ["containers", id, "restart"]) => {
+            c.restart(id, q_i64(&req, "t")?).await?;
+            Ok(Response::empty(204))
+        }
+        ("POST", ["containers", id, "kill"]) => {
+            c.kill(id, req.q("signal")).await?;
+            Ok(Response::empty(204))
+        }
+        ("POST", ["containers", id, "pause"]) => {
+            c.pause(id, true).await?;
+            Ok(Response::empty(204))
+        }
+        ("POST", ["containers", id, "unpause"]) => {
+            c.pause(id, false).await?;
+            Ok(Response::empty(204))
+        }
+        ("POST", ["containers", id, "rename"]) => {
+            let name = req.q("name").unwrap_or("");
+            c.rename(id, name).await?;
+            Ok(Response::empty(204))
+        }
+        ("POST", ["containers", id, "resize"]) => {
+            let h = q_i64(&req, "h")?.unwrap_or(0).clamp(0, u16::MAX as i64) as u16;
+            let w = q_i64(&req, "w")?.unwrap_or(0).clamp(0, u16::MAX as i64) as u16;
+            c.resize(id, h, w).await?;
+            Ok(Response::empty(200))
+        }
+        ("POST", ["containers", id, "wait"]) => c.wait(id, req.q("condition")),
+        ("POST", ["containers", id, "attach"]) => {
+            let params = AttachParams {
+                stdin: req.q_bool("stdin", false),
+                stdout: req.q_bool("stdout", false),
+                stderr: req.q_bool("stderr", false),
+                logs: req.q_bool("logs", false),
+                stream: req.q_bool("stream", false),
+                detach_keys: parse_detach_keys(req.q("detachKeys").unwrap_or(""))?,
+                initial: Vec::new(),
+            };
+            c.attach(id, params, is_upgrade(&req))
+        }
+        ("GET", ["containers", id, "logs"]) => {
+            let tail = match req.q("tail").unwrap_or("all") {
+                "all" | "" => None,
+                n => match n.parse::<i64>() {
+                    Ok(v) if v >= 0 => Some(v as usize),
+                    Ok(_) => None,
+                    Err(_) => return Err(ApiError::BadRequest(format!("invalid value for tail: {n:?}"))),
+                },
+            };
+            let since = req
+                .q("since")
+                .filter(|s| !s.is_empty() && *s != "0")
+                .map(super::system::parse_time_arg)
+                .transpose()?;
+            let until = req
+                .q("until")
+                .filter(|s| !s.is_empty() && *s != "0")
+                .map(super::system::parse_time_arg)
+                .transpose()?;
+            let p = LogsParams {
+                stdout: req.q_bool("stdout", false),
+                stderr: req.q_bool("stderr", false),
+                timestamps: req.q_bool("timestamps", false),
+                tail,
+                since_ns: since,
+                until_ns: until,
+                raw: false,
+            };
+            c.logs(id, p, req.q_bool("follow", false))
+        }
+        ("GET", ["containers", id, "top"]) => Ok(Response::json(200, &c.top(id, req.q("ps_args")).await?)),
+        ("POST", ["containers", id, "exec"]) => {
+            let id = id.to_string();
+            let cfg: ExecConfig = json_body(req)?;
+            let exec_id = c.exec_create(&id, cfg)?;
+            Ok(Response::json(201, &json!({"Id": exec_id})))
+        }
+        ("DELETE", ["containers", id]) => {
+            c.remove(id, req.q_bool("force", false)).await?;
+            Ok(Response::empty(204))
+        }
+        (m, _) => Err(ApiError::NotFound(format!("page not found: {m} {}", req.path))),
+    }
+}
+
+async fn create(d: &Daemon, req: Request) -> ApiResult<Response> {
+    let name = req.q("name").map(str::to_string);
+    let body: ContainerCreateBody = json_body(req)?;
+    let image_ref = body.image.clone().unwrap_or_default();
+    if image_ref.is_empty() {
+        return Err(ApiError::BadRequest(
+            "Config cannot be empty in order to create a container".into(),
+        ));
+    }
+    let img = d.images.resolve(&image_ref)?;
+    let defaults = crate::image::container_defaults(&img);
+    let rec = d.containers.create(name.as_deref(), body, (img.id.clone(), defaults))?;
+    Ok(Response::json(201, &json!({"Id": rec.id, "Warnings": []})))
+}
+
+/// Routes `/exec/...`.
+pub async fn route_exec(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Response> {
+    let c = &d.containers;
+    let method = req.method.clone();
+    match (method.as_str(), segs) {
+        ("POST", ["exec", id, "start"]) => {
+            let id = id.to_string();
+            let upgrade = is_upgrade(&req);
+            let body: serde_json::Value = json_body(req)?;
+            let detach = body.get("Detach").and_then(|v| v.as_bool()).unwrap_or(false);
+            c.exec_start(&id, detach, upgrade)
+        }
+        ("POST", ["exec", id, "resize"]) => {
+            let h = q_i64(&req, "h")?.unwrap_or(0).clamp(0, u16::MAX as i64) as u16;
+            let w = q_i64(&req, "w")?.unwrap_or(0).clamp(0, u16::MAX as i64) as u16;
+            c.exec_resize(id, h, w).await?;
+            Ok(Response::empty(200))
+        }
+        ("GET", ["exec", id, "json"]) => Ok(Response::json(200, &c.exec_inspect(id).await?)),
+        (m, _) => Err(ApiError::NotFound(format!("page not found: {m} {}", req.path))),
+    }
+}
