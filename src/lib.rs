@@ -11,5 +11,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod listener;
+pub mod master;
 pub mod server;
+pub mod shimclient;
 pub mod store;

@@ -124,7 +124,10 @@ impl ShimClient {
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )
         .map_err(|e| ApiError::internal("subscription nonblocking", e))?;
-        let fd = AsyncFd::new(sock).map_err(|e| ApiError::internal("register subscription", e))?;
+        // SAFETY: `sock` is an OwnedFd: its fd stays open and the same until the AsyncFd drops it.
+        #[allow(unsafe_code)]
+        let fd = unsafe { AsyncFd::register(sock) }
+            .map_err(|e| ApiError::internal("register subscription", e.into_parts().1))?;
         Ok(Subscription { fd })
     }
 }

@@ -1,0 +1,260 @@
+//! Shared integration-test harness: a berthd per test in its own temporary data root,
+//! exec root, socket, bridge, subnet, nft table and cgroup parent, driven with the real
+//! docker CLI. Everything is torn down on drop, also when the test fails.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Whether the tests can touch the kernel (root).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A running test daemon.
+pub struct Daemon {
+    /// Temporary root holding data, exec root and socket.
+    pub root: PathBuf,
+    /// API socket.
+    pub sock: PathBuf,
+    /// Bridge device name.
+    pub bridge: String,
+    /// nft table name.
+    pub table: String,
+    /// cgroup parent.
+    pub cgroup: String,
+    /// `--bip`.
+    pub bip: String,
+    child: Option<Child>,
+    _tmp: tempfile::TempDir,
+}
+
+fn unique() -> (u32, u32) {
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    (std::process::id() % 200 + 20, n)
+}
+
+impl Daemon {
+    /// Starts a daemon with fresh roots.
+    pub fn start() -> Daemon {
+        let (p, n) = unique();
+        // Short paths: the shim socket path must stay under 108 bytes.
+        let tmp = tempfile::Builder::new()
+            .prefix("bt")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let root = tmp.path().to_path_buf();
+        let tag = format!("{:x}{:03x}", p, n);
+        let mut d = Daemon {
+            sock: root.join("s.sock"),
+            bridge: format!("bt{tag}"),
+            table: format!("bt{tag}"),
+            cgroup: format!("/bt{tag}"),
+            bip: format!("10.{}.{}.1/24", 100 + (p % 100), n % 250),
+            root,
+            child: None,
+            _tmp: tmp,
+        };
+        d.spawn();
+        d
+    }
+
+    /// (Re)starts berthd on the same roots.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("berthd.log"))
+            .expect("daemon log");
+        let child = Command::new(env!("CARGO_BIN_EXE_berthd"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock.display()))
+            .arg("--data-root")
+            .arg(self.root.join("d"))
+            .arg("--exec-root")
+            .arg(self.root.join("x"))
+            .arg("--bridge")
+            .arg(&self.bridge)
+            .arg("--bip")
+            .arg(&self.bip)
+            .arg("--nft-table")
+            .arg(&self.table)
+            .arg("--cgroup-parent")
+            .arg(&self.cgroup)
+            .arg("--log-level")
+            .arg("debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("start berthd");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.sock).is_ok()
+                && self.docker(&["version", "--format", "{{.Server.APIVersion}}"]).status.success()
+            {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("berthd exited during start-up ({st}): {}", self.log());
+                }
+            }
+            assert!(Instant::now() < deadline, "berthd not ready: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("berthd.log")).unwrap_or_default()
+    }
+
+    /// `DOCKER_HOST` value.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+
+    /// A docker CLI command aimed at this daemon.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("docker");
+        c.args(args)
+            .env("DOCKER_HOST", self.host())
+            .env("DOCKER_CONFIG", self.root.join("dc"))
+            .env_remove("DOCKER_API_VERSION")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs the docker CLI and returns its output.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run docker")
+    }
+
+    /// Runs the docker CLI, asserts success, returns trimmed stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?} failed ({}): {}\n--- daemon log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 40)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// kill -9 of the daemon (containers and shims keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Imports the busybox test image as `name`.
+    pub fn import_busybox(&self, name: &str) {
+        let tar = busybox_rootfs_tar(&self.root);
+        self.ok(&["import", tar.to_str().expect("utf8 path"), name]);
+    }
+}
+
+/// Last `n` lines of a text.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Builds `<dir>/busybox.tar`: a rootfs with busybox-static and one symlink per applet.
+pub fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
+    let out = dir.join("busybox.tar");
+    if out.exists() {
+        return out;
+    }
+    let rootfs = dir.join("bbroot");
+    for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev", "home"] {
+        std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed (make deps)");
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copy busybox");
+    let list = Command::new(busybox).arg("--list").output().expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+        }
+    }
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\nuser:x:1000:1000:user:/home:/bin/sh\n",
+    )
+    .expect("passwd");
+    std::fs::write(
+        rootfs.join("etc/group"),
+        "root:x:0:\nnogroup:x:65534:\nuser:x:1000:\nwheel:x:10:user\n",
+    )
+    .expect("group");
+    std::fs::set_permissions(rootfs.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+        .expect("tmp mode");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&out)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar rootfs");
+    out
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Remove every container (stops shims, releases netns/veths, unmounts).
+        if self.child.is_some() {
+            let ids = self.docker(&["ps", "-aq"]);
+            for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+                let _ = self.docker(&["rm", "-f", id]);
+            }
+        }
+        self.kill9();
+        // Whatever is left: shims, mounts, links, tables, cgroups.
+        let _ = Command::new("pkill").arg("-9").arg("-f").arg(self.root.to_string_lossy().as_ref()).status();
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let root = self.root.to_string_lossy().to_string();
+            let mut points: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|m| m.starts_with(&root))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for p in points {
+                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        let _ = Command::new("nft").args(["delete", "table", "inet", &self.table]).stderr(Stdio::null()).status();
+        for ctl in ["memory", "pids", "cpu", "cpuacct", "cpuset", "devices", "freezer", "blkio", "systemd", "unified", ""] {
+            let base = Path::new("/sys/fs/cgroup").join(ctl).join(self.cgroup.trim_start_matches('/'));
+            if let Ok(rd) = std::fs::read_dir(&base) {
+                for e in rd.flatten() {
+                    if e.path().is_dir() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&base);
+        }
+    }
+}
