@@ -174,12 +174,16 @@ fn ensure_dirs(root: &Path, comps: &[Vec<u8>], create: bool, entry: &[u8]) -> Ap
                 fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
                     .map_err(|e| fs_err("chmod", &p, e))?;
             }
-            Err(e) => {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(bad(
                     entry,
-                    format!("{:?}: {e}", p.strip_prefix(root).unwrap_or(&p)),
+                    format!(
+                        "{:?} is not in the archive",
+                        p.strip_prefix(root).unwrap_or(&p)
+                    ),
                 ))
             }
+            Err(e) => return Err(fs_err("stat", &p, e)),
         }
     }
     Ok(p)
@@ -194,13 +198,14 @@ struct Meta {
     xattrs: Vec<(String, Vec<u8>)>,
 }
 
-fn read_meta<R: Read>(e: &mut tar::Entry<R>, entry: &[u8]) -> ApiResult<Meta> {
+fn read_meta<R: Read>(e: &mut tar::Entry<R>) -> ApiResult<Meta> {
     let h = e.header();
+    // Empty numeric fields (seen in hand-made archives) count as zero.
     let mut m = Meta {
-        mode: h.mode().map_err(|err| bad(entry, err))?,
-        uid: h.uid().map_err(|err| bad(entry, err))?,
-        gid: h.gid().map_err(|err| bad(entry, err))?,
-        mtime: h.mtime().map_err(|err| bad(entry, err))? as i64,
+        mode: h.mode().unwrap_or(0o644),
+        uid: h.uid().unwrap_or(0),
+        gid: h.gid().unwrap_or(0),
+        mtime: h.mtime().unwrap_or(0) as i64,
         xattrs: Vec::new(),
     };
     if let Some(exts) = e.pax_extensions().map_err(stream_err)? {
@@ -326,7 +331,7 @@ impl State {
         let Some((name, parents)) = comps.split_last() else {
             // The root itself: only its metadata matters.
             if kind.is_dir() && self.mode == Mode::Layer {
-                let m = read_meta(e, &raw)?;
+                let m = read_meta(e)?;
                 apply_meta(&self.root, &m, false, self.mode)?;
                 self.dir_times.push((self.root.clone(), m.mtime));
             }
@@ -359,7 +364,7 @@ impl State {
         }
         let dir = ensure_dirs(&self.root, parents, true, &raw)?;
         let p = dir.join(OsStr::from_bytes(name));
-        let m = read_meta(e, &raw)?;
+        let m = read_meta(e)?;
         match kind {
             EntryType::Directory => {
                 self.replacing(&rel);

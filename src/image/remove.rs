@@ -10,7 +10,7 @@ use std::collections::HashSet;
 /// Tells whether a container uses an image: given the image id (`sha256:<hex>`), returns a
 /// container id and whether that container is running. The daemon's implementation should
 /// prefer a running container when several use the image.
-pub type InUse = dyn Fn(&str) -> Option<(String, bool)> + Send + Sync;
+pub type InUse<'a> = dyn Fn(&str) -> Option<(String, bool)> + Send + Sync + 'a;
 
 fn short(id: &str) -> String {
     id.trim_start_matches("sha256:").chars().take(12).collect()
@@ -56,7 +56,7 @@ impl ImageStore {
         name: &str,
         force: bool,
         _noprune: bool,
-        in_use: &InUse,
+        in_use: &InUse<'_>,
     ) -> ApiResult<Vec<Value>> {
         let id = self.find_id(name)?.ok_or_else(|| Self::not_found(name))?;
         let mut out = Vec::new();
@@ -164,7 +164,7 @@ fn is_single_reference(refs: &[String]) -> bool {
 
 /// dockerd's delete conflicts: a running container is a hard conflict; with `soft`, a
 /// stopped container or references in several repositories are too. Returns (used, message).
-fn conflict(id: &str, in_use: &InUse, soft: bool, referenced: bool) -> Option<(bool, String)> {
+fn conflict(id: &str, in_use: &InUse<'_>, soft: bool, referenced: bool) -> Option<(bool, String)> {
     let msg = |forced: &str, why: String| {
         format!(
             "conflict: unable to delete {} ({forced}) - {why}",
