@@ -15,7 +15,7 @@
 //! * gzip input is detected by its magic bytes; the diff id is the sha256 of the
 //!   uncompressed stream, read to its very end.
 
-use super::split::SplitWriter;
+use super::split::{SplitWriter, Tee, TeeState};
 use crate::error::{ApiError, ApiResult};
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
@@ -62,70 +62,6 @@ fn fs_err(step: &str, path: &Path, e: impl std::fmt::Display) -> ApiError {
 
 fn stream_err(e: io::Error) -> ApiError {
     ApiError::BadRequest(format!("unpack: invalid tar stream: {e}"))
-}
-
-/// Hashes the stream and feeds the tar-split recorder, leaving out file contents that are
-/// recorded by reference.
-struct TeeState {
-    hasher: Sha256,
-    pos: u64,
-    exclude: Option<(u64, u64)>,
-    split: Option<SplitWriter>,
-    split_err: Option<io::Error>,
-}
-
-impl TeeState {
-    fn observe(&mut self, data: &[u8]) {
-        self.hasher.update(data);
-        let (start, end) = (self.pos, self.pos + data.len() as u64);
-        self.pos = end;
-        let Some(split) = &mut self.split else { return };
-        let res = match self.exclude {
-            Some((xs, xe)) if xs < end && xe > start => {
-                let a = (xs.max(start) - start) as usize;
-                let b = (xe.min(end) - start) as usize;
-                split.raw(&data[..a]).and_then(|_| split.raw(&data[b..]))
-            }
-            _ => split.raw(data),
-        };
-        if let Err(e) = res {
-            self.split_err.get_or_insert(e);
-        }
-    }
-
-    /// Records the next `size` bytes at `start` as the contents of `path`, if nothing of
-    /// them has been read yet.
-    fn begin_file(&mut self, start: u64, size: u64, path: &[u8]) -> bool {
-        if self.pos != start {
-            return false;
-        }
-        let Some(split) = &mut self.split else {
-            return false;
-        };
-        match split.file(path, size) {
-            Ok(()) => {
-                self.exclude = Some((start, start + size));
-                true
-            }
-            Err(e) => {
-                self.split_err.get_or_insert(e);
-                false
-            }
-        }
-    }
-}
-
-struct Tee<R> {
-    inner: R,
-    st: Rc<RefCell<TeeState>>,
-}
-
-impl<R: Read> Read for Tee<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.st.borrow_mut().observe(&buf[..n]);
-        Ok(n)
-    }
 }
 
 /// Cleans an entry path into components that stay inside the destination.

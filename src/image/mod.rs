@@ -36,7 +36,7 @@ use reference::{is_digest, is_hex, Reference};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// What the store keeps about one image (the rest is in its config blob).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,7 +84,11 @@ pub struct ImageStore {
     refs: Table,
     events: Arc<EventBus>,
     lock: Mutex<()>,
+    in_use: RwLock<InUseChecker>,
 }
+
+/// The shared in-use check the daemon installs (see [`InUse`]).
+pub type InUseChecker = Arc<InUse<'static>>;
 
 /// The architecture name Docker uses for this host.
 pub fn host_arch() -> &'static str {
@@ -125,7 +129,22 @@ impl ImageStore {
             refs: store.table("refs")?,
             events,
             lock: Mutex::new(()),
+            in_use: RwLock::new(Arc::new(|_: &str| None)),
         })
+    }
+
+    /// Installs the check `rmi` uses to find containers using an image (the container
+    /// module calls this once at start-up; until then no image counts as in use).
+    pub fn set_in_use_checker(&self, check: InUseChecker) {
+        *self.in_use.write().unwrap_or_else(|p| p.into_inner()) = check;
+    }
+
+    /// The installed in-use check.
+    pub fn in_use_checker(&self) -> InUseChecker {
+        self.in_use
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The store's root directory.

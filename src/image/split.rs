@@ -8,11 +8,13 @@
 //! `F <u64 size> <u32 len> <path>` for file contents, closed by `E <u64 total length>`.
 
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::rc::Rc;
 
 /// Raw bytes are flushed into a record once this many have accumulated.
 const RAW_FLUSH: usize = 1 << 20;
@@ -181,5 +183,69 @@ pub fn write_tar(diff: &Path, split: &Path, out: &mut dyn Write) -> io::Result<S
             }
             Record::End(_) => return Ok(format!("sha256:{}", hex::encode(h.finalize()))),
         }
+    }
+}
+
+/// Hashes the stream and feeds the tar-split recorder, leaving out file contents that are
+/// recorded by reference.
+pub(super) struct TeeState {
+    pub(super) hasher: Sha256,
+    pub(super) pos: u64,
+    pub(super) exclude: Option<(u64, u64)>,
+    pub(super) split: Option<SplitWriter>,
+    pub(super) split_err: Option<io::Error>,
+}
+
+impl TeeState {
+    fn observe(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        let (start, end) = (self.pos, self.pos + data.len() as u64);
+        self.pos = end;
+        let Some(split) = &mut self.split else { return };
+        let res = match self.exclude {
+            Some((xs, xe)) if xs < end && xe > start => {
+                let a = (xs.max(start) - start) as usize;
+                let b = (xe.min(end) - start) as usize;
+                split.raw(&data[..a]).and_then(|_| split.raw(&data[b..]))
+            }
+            _ => split.raw(data),
+        };
+        if let Err(e) = res {
+            self.split_err.get_or_insert(e);
+        }
+    }
+
+    /// Records the next `size` bytes at `start` as the contents of `path`, if nothing of
+    /// them has been read yet.
+    pub(super) fn begin_file(&mut self, start: u64, size: u64, path: &[u8]) -> bool {
+        if self.pos != start {
+            return false;
+        }
+        let Some(split) = &mut self.split else {
+            return false;
+        };
+        match split.file(path, size) {
+            Ok(()) => {
+                self.exclude = Some((start, start + size));
+                true
+            }
+            Err(e) => {
+                self.split_err.get_or_insert(e);
+                false
+            }
+        }
+    }
+}
+
+pub(super) struct Tee<R> {
+    pub(super) inner: R,
+    pub(super) st: Rc<RefCell<TeeState>>,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.st.borrow_mut().observe(&buf[..n]);
+        Ok(n)
     }
 }

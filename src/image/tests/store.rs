@@ -371,3 +371,55 @@ fn list_filters_work() -> ApiResult<()> {
     assert_eq!(hist[0]["CreatedBy"], "test");
     Ok(())
 }
+
+/// Unmounts on drop, so a failed assertion never leaves a mount behind.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn layer_dirs_stack_as_an_overlayfs_root() -> ApiResult<()> {
+    let ts = TestStore::new();
+    let (l1, l2) = (rootfs_tar(), layer2_tar());
+    let cfg = config_for(&[&l1, &l2], "sh", "2026-01-01T00:00:00Z");
+    ts.load(&docker_archive(&cfg, &[&l1, &l2], &["ov:1"], false))?;
+    let dirs = ts.images.layer_dirs(&digest_of(&cfg))?;
+    let lower = dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let merged = ts.dir.path().join("merged");
+    std::fs::create_dir(&merged).map_err(|e| crate::error::ApiError::internal("mkdir", e))?;
+    nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(format!("lowerdir={lower}").as_str()),
+    )
+    .map_err(|e| crate::error::ApiError::internal("mount overlay", e))?;
+    let _m = Mounted(merged.clone());
+    assert!(merged.join("bin/busybox").is_file());
+    assert_eq!(
+        std::fs::read_link(merged.join("bin/sh")).ok(),
+        Some("busybox".into())
+    );
+    assert!(
+        std::fs::symlink_metadata(merged.join("etc/motd")).is_err(),
+        "whiteout must hide motd"
+    );
+    assert_eq!(
+        std::fs::read(merged.join("etc/layer2")).ok(),
+        Some(b"two\n".to_vec())
+    );
+    assert_eq!(
+        std::fs::read(merged.join("etc/hostname")).ok(),
+        Some(b"berth\n".to_vec())
+    );
+    Ok(())
+}

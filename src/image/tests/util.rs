@@ -194,7 +194,7 @@ pub fn oci_layout(config: &[u8], layers: &[&[u8]], name: Option<&str>) -> Vec<u8
 
 /// A store in a temp dir, with its event bus.
 pub struct TestStore {
-    pub _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     pub events: Arc<EventBus>,
     pub images: ImageStore,
 }
@@ -207,7 +207,7 @@ impl TestStore {
         let images =
             ImageStore::open(&dir.path().join("image"), &store, events.clone()).expect("open");
         TestStore {
-            _dir: dir,
+            dir,
             events,
             images,
         }
