@@ -87,4 +87,16 @@ fn docker_cli_image_lifecycle() {
 
     let info = d.ok(&["info", "--format", "{{.Images}}"]);
     assert_eq!(info.trim(), "1");
+
+    // prune: dangling only keeps the tagged image, -a removes it
+    d.ok(&["image", "prune", "-f"]);
+    let left = d.ok(&["images", "-q"]);
+    assert_eq!(
+        left.lines().collect::<Vec<_>>(),
+        vec![&id[7..19]; 2],
+        "one row per tag"
+    );
+    let out = d.ok(&["image", "prune", "-a", "-f"]);
+    assert!(out.contains(&format!("deleted: {id}")), "{out}");
+    assert_eq!(d.ok(&["info", "--format", "{{.Images}}"]).trim(), "0");
 }

@@ -2,7 +2,8 @@
 //! id), image records and references in the sled store.
 //!
 //! On disk, under `<data-root>/image/`: `blobs/sha256/<hex>` (image configs), `layers/<chain
-//! hex>/{diff/,layer.json,tar-split.gz}`, `tmp/` (work directories, emptied at start-up).
+//! hex>/{diff/,layer.json,tar-split.gz}`, `tmp/` (work directories; moved to `trash/` and
+//! deleted in the background at start-up).
 //! In the store: table `images` (`sha256:<id>` → [`ImageMeta`]) and table `refs`
 //! (normalized reference such as `docker.io/library/busybox:latest` → image id).
 //!
@@ -106,14 +107,23 @@ impl ImageStore {
     /// is renamed away and deleted in the background (start-up stays O(1)).
     pub fn open(root: &Path, store: &Store, events: Arc<EventBus>) -> ApiResult<Self> {
         let tmp = root.join("tmp");
+        let trash = root.join("trash");
+        std::fs::create_dir_all(&trash)
+            .map_err(|e| ApiError::internal(&format!("create {}", trash.display()), e))?;
         if tmp.exists() {
-            let old = root.join(format!("tmp-old-{}", rand::random::<u32>()));
-            if std::fs::rename(&tmp, &old).is_ok() {
-                std::thread::spawn(move || {
-                    let _ = std::fs::remove_dir_all(old);
-                });
-            }
+            let old = trash.join(format!("tmp-{}", rand::random::<u32>()));
+            std::fs::rename(&tmp, &old)
+                .map_err(|e| ApiError::internal(&format!("move {} away", tmp.display()), e))?;
         }
+        // Left-overs of earlier runs (interrupted loads, half-deleted layers) go in the
+        // background: start-up stays O(1).
+        std::thread::spawn(move || {
+            if let Ok(entries) = std::fs::read_dir(&trash) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        });
         let blob_dir = root.join("blobs").join("sha256");
         let layer_dir = root.join("layers");
         for d in [&tmp, &blob_dir, &layer_dir] {

@@ -120,8 +120,30 @@ impl ImageStore {
         Ok(out)
     }
 
-    /// Deletes an untagged image and the layers only it used.
-    fn delete_image(&self, id: &str, out: &mut Vec<Value>) -> ApiResult<()> {
+    /// `POST /images/prune`: deletes dangling images (with `all`, every image no container
+    /// uses, untagging it first). Returns the `ImagesDeleted` items and the bytes reclaimed.
+    pub fn prune(&self, all: bool, in_use: &InUse<'_>) -> ApiResult<(Vec<Value>, u64)> {
+        let mut out = Vec::new();
+        let mut reclaimed = 0;
+        let refs = self.all_refs()?;
+        for meta in self.all_images()? {
+            let tagged = refs.iter().any(|(_, v)| *v == meta.id);
+            if (tagged && !all) || in_use(&meta.id).is_some() {
+                continue;
+            }
+            for k in self.refs_of(&meta.id)? {
+                self.untag(&k, &meta.id, &mut out)?;
+            }
+            reclaimed += self.delete_image(&meta.id, &mut out)?;
+        }
+        let mut attrs = std::collections::BTreeMap::new();
+        attrs.insert("reclaimed".to_string(), reclaimed.to_string());
+        self.events.publish("image", "prune", "", attrs);
+        Ok((out, reclaimed))
+    }
+
+    /// Deletes an untagged image and the layers only it used; returns the layer bytes freed.
+    fn delete_image(&self, id: &str, out: &mut Vec<Value>) -> ApiResult<u64> {
         let _g = self.guard();
         let meta: ImageMeta = self.meta(id)?;
         self.images.remove(id)?;
@@ -133,13 +155,15 @@ impl ImageStore {
         self.blobs.remove(id)?;
         self.event("delete", id, id);
         out.push(json!({ "Deleted": id }));
+        let mut freed = 0;
         for chain in meta.layers.iter().rev() {
             if !still.contains(chain) {
+                freed += self.layers.get(chain)?.map(|m| m.size).unwrap_or(0);
                 self.layers.remove(chain)?;
                 out.push(json!({ "Deleted": chain }));
             }
         }
-        Ok(())
+        Ok(freed)
     }
 }
 

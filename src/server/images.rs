@@ -42,6 +42,7 @@ pub async fn route(d: &Arc<Daemon>, req: Request) -> ApiResult<Response> {
         ("POST", "load") => load(d, req).await,
         ("POST", "create") => create(d, req).await,
         ("GET", "get") => save(d, req.q_all("names")).await,
+        ("POST", "prune") => prune(d, &req).await,
         ("DELETE", name) if !name.is_empty() => remove(d, &req, name.to_string()).await,
         (m, r) => {
             let (name, action) = match r.rsplit_once('/') {
@@ -105,6 +106,36 @@ async fn remove(d: &Daemon, req: &Request, name: String) -> ApiResult<Response> 
     })
     .await?;
     Ok(Response::json(200, &v))
+}
+
+/// `POST /images/prune?filters=`: only the `dangling` filter is supported.
+async fn prune(d: &Daemon, req: &Request) -> ApiResult<Response> {
+    let filters = parse_filters(req.q("filters"))?;
+    let mut all = false;
+    for (k, vals) in &filters {
+        match k.as_str() {
+            "dangling" => all = vals.iter().any(|v| matches!(v.as_str(), "false" | "0")),
+            other => {
+                return Err(ApiError::NotImplemented(format!(
+                    "image prune filter '{other}' is not supported yet"
+                )))
+            }
+        }
+    }
+    let (deleted, reclaimed) = blocking(d, move |s| {
+        let check = s.in_use_checker();
+        s.prune(all, &*check)
+    })
+    .await?;
+    let deleted = if deleted.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json!(deleted)
+    };
+    Ok(Response::json(
+        200,
+        &json!({"ImagesDeleted": deleted, "SpaceReclaimed": reclaimed}),
+    ))
 }
 
 fn line(v: &serde_json::Value) -> Vec<u8> {

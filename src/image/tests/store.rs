@@ -423,3 +423,24 @@ fn layer_dirs_stack_as_an_overlayfs_root() -> ApiResult<()> {
     );
     Ok(())
 }
+
+#[test]
+fn prune_removes_dangling_then_unused_images() -> ApiResult<()> {
+    let ts = TestStore::new();
+    let (l1, l2) = (rootfs_tar(), layer2_tar());
+    let tagged = config_for(&[&l1], "a", "2026-01-01T00:00:00Z");
+    let dangling = config_for(&[&l1, &l2], "b", "2026-01-02T00:00:00Z");
+    ts.load(&docker_archive(&tagged, &[&l1], &["keep:1"], false))?;
+    ts.load(&docker_archive(&dangling, &[&l1, &l2], &[], false))?;
+    let (out, freed) = ts.images.prune(false, &none)?;
+    assert_eq!(deleted(&out)[0], digest_of(&dangling));
+    assert_eq!(deleted(&out).len(), 2, "image and its top layer");
+    assert!(freed > 0);
+    assert!(ts.images.resolve("keep:1").is_ok());
+    let used = |_: &str| Some(("c".repeat(64), false));
+    assert!(ts.images.prune(true, &used)?.0.is_empty());
+    let (out, _) = ts.images.prune(true, &none)?;
+    assert_eq!(untagged(&out), vec!["keep:1"]);
+    assert_eq!(ts.images.count(), 0);
+    Ok(())
+}
