@@ -86,6 +86,9 @@ impl Layers {
             .map_err(|e| ApiError::internal("create layer work directory", e))?;
         let diff = work.path().join("diff");
         std::fs::create_dir(&diff).map_err(|e| ApiError::internal("create layer directory", e))?;
+        // The root's mode comes from the tar's `./` entry when it has one.
+        std::fs::set_permissions(&diff, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|e| ApiError::internal("chmod layer directory", e))?;
         let split = work.path().join(SPLIT);
         let ex = extract(src, &diff, Mode::Layer, Some(&split))?;
         if let Some(exp) = expected {
