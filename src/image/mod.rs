@@ -26,6 +26,7 @@ pub mod split;
 
 pub use config::{ContainerConfig, ImageConfigFile};
 pub use remove::InUse;
+pub use query::ImageSummary;
 pub use save::SavePlan;
 
 use crate::error::{ApiError, ApiResult};
