@@ -10,6 +10,7 @@
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod image;
 pub mod listener;
 pub mod master;
 pub mod server;

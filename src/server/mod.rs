@@ -1,11 +1,13 @@
 //! The API server: the daemon's shared state, the accept loops and the router.
 
 pub mod http;
+pub mod images;
 pub mod router;
 pub mod system;
 
 use crate::config::Config;
 use crate::events::EventBus;
+use crate::image::ImageStore;
 use crate::store::Store;
 use anyhow::Context;
 use std::sync::Arc;
@@ -20,6 +22,8 @@ pub struct Daemon {
     pub events: Arc<EventBus>,
     /// Daemon id (stable across restarts).
     pub id: String,
+    /// The local image store.
+    pub images: Arc<ImageStore>,
 }
 
 /// Object counts for `/info`.
@@ -40,7 +44,10 @@ pub struct Counts {
 impl Daemon {
     /// Object counts for `/info` (containers and images are wired in by their modules).
     pub fn counts(&self) -> Counts {
-        Counts::default()
+        Counts {
+            images: self.images.count(),
+            ..Counts::default()
+        }
     }
 
     /// Opens the store and builds the shared state.
@@ -58,11 +65,17 @@ impl Daemon {
                 id
             }
         };
+        let events = Arc::new(EventBus::new());
+        let images = Arc::new(
+            ImageStore::open(&config.data_root.join("image"), &store, events.clone())
+                .context("open image store")?,
+        );
         Ok(Arc::new(Daemon {
             config,
             store,
-            events: Arc::new(EventBus::new()),
+            events,
             id,
+            images,
         }))
     }
 }

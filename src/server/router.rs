@@ -2,7 +2,7 @@
 //! Docker's status codes and `{"message": ...}` bodies (the only place that does).
 
 use super::http::{Handler, Request, Response};
-use super::{system, Daemon};
+use super::{images, system, Daemon};
 use crate::error::ApiError;
 use std::sync::Arc;
 
@@ -64,6 +64,7 @@ impl Router {
             ("GET", ["version"]) => system::version(d),
             ("GET", ["info"]) => system::info(d),
             ("GET", ["events"]) => system::events(d, &req),
+            (_, ["images", _, ..]) => images::route(d, req).await,
             (m, _) => Err(ApiError::NotFound(format!(
                 "page not found: {m} {}",
                 req.path

@@ -163,8 +163,32 @@ impl Daemon {
 
     /// Imports the busybox test image as `name`.
     pub fn import_busybox(&self, name: &str) {
-        let tar = busybox_rootfs_tar(&self.root);
+        let tar = self.root.join("busybox.tar");
+        if !tar.exists() {
+            busybox_rootfs_tar(&tar);
+        }
         self.ok(&["import", tar.to_str().expect("utf8 path"), name]);
+    }
+
+    /// Runs docker, asserts failure, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            !out.status.success(),
+            "docker {args:?} should fail: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// A path inside this test's temp directory.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// A docker CLI command (alias of [`Daemon::cmd`]).
+    pub fn docker_cmd(&self, args: &[&str]) -> Command {
+        self.cmd(args)
     }
 }
 
@@ -174,13 +198,9 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Builds `<dir>/busybox.tar`: a rootfs with busybox-static and one symlink per applet.
-pub fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
-    let out = dir.join("busybox.tar");
-    if out.exists() {
-        return out;
-    }
-    let rootfs = dir.join("bbroot");
+/// Writes `out`: a rootfs tar with busybox-static and one symlink per applet.
+pub fn busybox_rootfs_tar(out: &Path) {
+    let rootfs = out.with_extension("root");
     for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev", "home"] {
         std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
     }
@@ -211,12 +231,11 @@ pub fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
         .arg("-C")
         .arg(&rootfs)
         .arg("-cf")
-        .arg(&out)
+        .arg(out)
         .arg(".")
         .status()
         .expect("tar");
     assert!(st.success(), "tar rootfs");
-    out
 }
 
 impl Drop for Daemon {

@@ -1,0 +1,265 @@
+//! Image endpoints: list, inspect, history, tag, remove, load, import (`images/create` with
+//! `fromSrc`), save (`images/get`). Image names contain slashes and colons, so routes are
+//! matched on the `/images/` prefix and a known suffix (`/json`, `/tag`, `/push`, `/history`,
+//! `/get`) rather than by segment.
+//!
+//! Blocking store work runs on `spawn_blocking`. The in-use check for `rmi` is the one
+//! installed with [`crate::image::ImageStore::set_in_use_checker`] (the container module
+//! installs it; until then no image is in use).
+
+use super::http::{Request, Response};
+use super::system::parse_filters;
+use super::Daemon;
+use crate::error::{ApiError, ApiResult};
+use crate::image::ImageStore;
+use serde_json::json;
+use std::io::Write;
+use std::sync::Arc;
+
+/// Runs `f` on the blocking pool with the image store.
+async fn blocking<T, F>(d: &Daemon, f: F) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&ImageStore) -> ApiResult<T> + Send + 'static,
+{
+    let images = d.images.clone();
+    tokio::task::spawn_blocking(move || f(&images))
+        .await
+        .map_err(|e| ApiError::internal("image task", e))?
+}
+
+/// Routes a request whose path starts with `/images`.
+pub async fn route(d: &Arc<Daemon>, req: Request) -> ApiResult<Response> {
+    let Some(rest) = req.path.strip_prefix("/images/").map(str::to_string) else {
+        return Err(ApiError::NotFound(format!(
+            "page not found: {} {}",
+            req.method, req.path
+        )));
+    };
+    let method = req.method.clone();
+    match (method.as_str(), rest.as_str()) {
+        ("GET", "json") => list(d, &req).await,
+        ("POST", "load") => load(d, req).await,
+        ("POST", "create") => create(d, req).await,
+        ("GET", "get") => save(d, req.q_all("names")).await,
+        ("POST", "prune") => prune(d, &req).await,
+        ("DELETE", name) if !name.is_empty() => remove(d, &req, name.to_string()).await,
+        (m, r) => {
+            let (name, action) = match r.rsplit_once('/') {
+                Some((n, a)) if !n.is_empty() => (n.to_string(), a),
+                _ => {
+                    return Err(ApiError::NotFound(format!(
+                        "page not found: {m} {}",
+                        req.path
+                    )))
+                }
+            };
+            match (m, action) {
+                ("GET", "json") => {
+                    let v = blocking(d, move |s| s.inspect(&name)).await?;
+                    Ok(Response::json(200, &v))
+                }
+                ("GET", "history") => {
+                    let v = blocking(d, move |s| s.history(&name)).await?;
+                    Ok(Response::json(200, &v))
+                }
+                ("POST", "tag") => {
+                    let repo = req.q("repo").unwrap_or("").to_string();
+                    let tag = req.q("tag").unwrap_or("").to_string();
+                    blocking(d, move |s| s.tag(&name, &repo, &tag)).await?;
+                    Ok(Response::empty(201))
+                }
+                ("GET", "get") => save(d, vec![name]).await,
+                ("POST", "push") => {
+                    Err(ApiError::NotImplemented("push is not supported yet".into()))
+                }
+                _ => Err(ApiError::NotFound(format!(
+                    "page not found: {m} {}",
+                    req.path
+                ))),
+            }
+        }
+    }
+}
+
+/// `GET /images/json?all=&filters=` (and the legacy `filter=` reference).
+async fn list(d: &Daemon, req: &Request) -> ApiResult<Response> {
+    let all = req.q_bool("all", false);
+    let mut filters = parse_filters(req.q("filters"))?;
+    if let Some(r) = req.q("filter").filter(|s| !s.is_empty()) {
+        filters
+            .entry("reference".into())
+            .or_default()
+            .push(r.to_string());
+    }
+    let v = blocking(d, move |s| s.list(all, &filters)).await?;
+    Ok(Response::json(200, &v))
+}
+
+/// `DELETE /images/{name}?force=&noprune=`.
+async fn remove(d: &Daemon, req: &Request, name: String) -> ApiResult<Response> {
+    let force = req.q_bool("force", false);
+    let noprune = req.q_bool("noprune", false);
+    let v = blocking(d, move |s| {
+        let check = s.in_use_checker();
+        s.remove(&name, force, noprune, &*check)
+    })
+    .await?;
+    Ok(Response::json(200, &v))
+}
+
+/// `POST /images/prune?filters=`: only the `dangling` filter is supported.
+async fn prune(d: &Daemon, req: &Request) -> ApiResult<Response> {
+    let filters = parse_filters(req.q("filters"))?;
+    let mut all = false;
+    for (k, vals) in &filters {
+        match k.as_str() {
+            "dangling" => all = vals.iter().any(|v| matches!(v.as_str(), "false" | "0")),
+            other => {
+                return Err(ApiError::NotImplemented(format!(
+                    "image prune filter '{other}' is not supported yet"
+                )))
+            }
+        }
+    }
+    let (deleted, reclaimed) = blocking(d, move |s| {
+        let check = s.in_use_checker();
+        s.prune(all, &*check)
+    })
+    .await?;
+    let deleted = if deleted.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json!(deleted)
+    };
+    Ok(Response::json(
+        200,
+        &json!({"ImagesDeleted": deleted, "SpaceReclaimed": reclaimed}),
+    ))
+}
+
+fn line(v: &serde_json::Value) -> Vec<u8> {
+    let mut b = serde_json::to_vec(v).unwrap_or_default();
+    b.push(b'\n');
+    b
+}
+
+/// `POST /images/load`: 200 and a JSON-message stream; a failure ends the stream with an
+/// `errorDetail` message, as dockerd does.
+async fn load(d: &Daemon, req: Request) -> ApiResult<Response> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let images = d.images.clone();
+    let mut body = req.body.reader();
+    tokio::task::spawn_blocking(move || {
+        let progress_tx = tx.clone();
+        let res = images.load(&mut body, &mut |msg| {
+            let _ = progress_tx.blocking_send(line(&json!({ "stream": msg })));
+        });
+        if let Err(e) = res {
+            tracing::info!(error = %e, "image load failed");
+            let msg = e.to_string();
+            let _ = tx.blocking_send(line(
+                &json!({"errorDetail": {"message": msg}, "error": msg}),
+            ));
+        }
+    });
+    Ok(Response::Stream {
+        status: 200,
+        content_type: "application/json",
+        headers: vec![],
+        rx,
+    })
+}
+
+/// `POST /images/create`: import with `fromSrc=-`; pulling is not there yet.
+async fn create(d: &Daemon, req: Request) -> ApiResult<Response> {
+    if req.q("fromImage").is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::Internal("pull is not supported yet".into()));
+    }
+    match req.q("fromSrc") {
+        Some("-") => {}
+        Some(src) if !src.is_empty() => {
+            return Err(ApiError::Internal(format!(
+                "import from {src:?}: only fromSrc=- (the request body) is supported"
+            )))
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "fromImage or fromSrc is required".into(),
+            ))
+        }
+    }
+    let repo = req.q("repo").unwrap_or("").to_string();
+    let tag = req.q("tag").unwrap_or("").to_string();
+    let reference = match (repo.is_empty(), tag.is_empty()) {
+        (true, _) => None,
+        (false, true) => Some(repo),
+        (false, false) => Some(format!("{repo}:{tag}")),
+    };
+    let changes = req.q_all("changes");
+    let message = req.q("message").unwrap_or("").to_string();
+    let mut body = req.body.reader();
+    let id = blocking(d, move |s| {
+        s.import(&mut body, reference.as_deref(), &changes, &message)
+    })
+    .await?;
+    Ok(Response::json(200, &json!({ "status": id })))
+}
+
+/// Sends written bytes to the response stream in large chunks.
+struct ChanWriter {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 256 * 1024;
+
+impl Write for ChanWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+/// `GET /images/get?names=…` and `GET /images/{name}/get`: names are resolved before the
+/// first byte, so unknown names get a normal 404.
+async fn save(d: &Daemon, names: Vec<String>) -> ApiResult<Response> {
+    if names.is_empty() {
+        return Err(ApiError::BadRequest("no image names given".into()));
+    }
+    let plan = blocking(d, move |s| s.prepare_save(&names)).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let images = d.images.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChanWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        if let Err(e) = images
+            .save(&plan, &mut w)
+            .and_then(|_| w.flush().map_err(|e| ApiError::internal("send archive", e)))
+        {
+            // The status is already sent: the client sees a cut archive.
+            tracing::warn!(error = %e, "image save failed mid-stream");
+        }
+    });
+    Ok(Response::Stream {
+        status: 200,
+        content_type: "application/x-tar",
+        headers: vec![],
+        rx,
+    })
+}
