@@ -1,0 +1,3 @@
+//! Containers: lifecycle, records and OCI spec generation.
+
+pub mod spec;
