@@ -131,6 +131,11 @@ pub const READONLY_PATHS: &[&str] = &[
 ];
 
 /// Builds the spec for one container start on this host.
+///
+/// Side effects, as dockerd has at start: missing `Binds` source directories are created on
+/// the host (0755), and the working directory is created inside the rootfs (owned by the
+/// container user). Input errors are 400 with dockerd's wording; `container:` namespace modes
+/// and user namespaces are 501.
 pub fn build(input: &SpecInput) -> ApiResult<Spec> {
     build_with(input, &HostInfo::detect())
 }
