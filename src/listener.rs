@@ -73,10 +73,7 @@ fn from_systemd(name: &str) -> anyhow::Result<Vec<std::os::unix::net::UnixListen
         if !name.is_empty() && names.get(i as usize).map(String::as_str) != Some(name) {
             continue;
         }
-        let _ = nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        );
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
         // SAFETY: systemd passes these fds to us and nothing else in the process owns them.
         #[allow(unsafe_code)]
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };

@@ -95,14 +95,9 @@ mod tests {
         assert!(check_version("1.41").is_ok());
         assert!(check_version("1.24").is_ok());
         let e = check_version("1.52").expect_err("too new");
-        assert_eq!(
-            e.to_string(),
-            "client version 1.52 is too new. Maximum supported API version is 1.41"
-        );
+        assert_eq!(e.to_string(), "client version 1.52 is too new. Maximum supported API version is 1.41");
         let e = check_version("1.11").expect_err("too old");
-        assert!(e
-            .to_string()
-            .starts_with("client version 1.11 is too old. Minimum supported API version is 1.24"));
+        assert!(e.to_string().starts_with("client version 1.11 is too old. Minimum supported API version is 1.24"));
         assert_eq!(reply(Err(ApiError::NotModified)).status_code(), 304);
     }
 }
