@@ -8,6 +8,7 @@
 //! [`shimclient`] speaks the shim protocol.
 
 pub mod config;
+pub mod container;
 pub mod error;
 pub mod events;
 pub mod image;
