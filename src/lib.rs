@@ -11,5 +11,6 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod listener;
+pub mod network;
 pub mod server;
 pub mod store;
