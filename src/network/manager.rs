@@ -110,17 +110,20 @@ impl<K: Kernel> NetworkManager<K> {
             subnet,
             locks: Mutex::new(HashMap::new()),
         };
-        let spec = BridgeSpec {
-            name: mgr.cfg.bridge.clone(),
-            gateway: subnet.gateway,
-            prefix_len: subnet.net.prefix_len(),
-            mtu: MTU,
-        };
-        mgr.kernel.ensure_bridge(&spec).await?;
+        mgr.kernel.ensure_bridge(&mgr.bridge_spec()).await?;
         mgr.kernel.enable_ip_forward().await?;
         mgr.sync_firewall().await?;
         mgr.kernel.prepare_netns_dir(&mgr.netns_dir()).await?;
         Ok(mgr)
+    }
+
+    fn bridge_spec(&self) -> BridgeSpec {
+        BridgeSpec {
+            name: self.cfg.bridge.clone(),
+            gateway: self.subnet.gateway,
+            prefix_len: self.subnet.net.prefix_len(),
+            mtu: MTU,
+        }
     }
 
     pub(crate) async fn sync_firewall(&self) -> ApiResult<()> {
@@ -290,6 +293,8 @@ impl<K: Kernel> NetworkManager<K> {
         if let Some(old) = lease.veth.take() {
             self.kernel.delete_link(&old).await?;
         }
+        // Heals a bridge deleted behind our back since open (no-op when it is right).
+        self.kernel.ensure_bridge(&self.bridge_spec()).await?;
         let host = format!("veth{}", random_hex(7));
         let spec = VethSpec {
             host: host.clone(),

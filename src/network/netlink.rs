@@ -25,6 +25,9 @@ const EEXIST: i32 = libc::EEXIST;
 /// Kernel operations through netlink in the daemon's own network namespace.
 pub struct NetlinkKernel {
     handle: Handle,
+    /// The kernel runs one dump at a time per netlink socket (a second one gets EBUSY),
+    /// so dumps on the shared socket take turns.
+    dump_lock: tokio::sync::Mutex<()>,
 }
 
 impl NetlinkKernel {
@@ -33,7 +36,10 @@ impl NetlinkKernel {
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(|e| ApiError::internal("open netlink", e))?;
         tokio::spawn(conn);
-        Ok(NetlinkKernel { handle })
+        Ok(NetlinkKernel {
+            handle,
+            dump_lock: tokio::sync::Mutex::new(()),
+        })
     }
 }
 
@@ -135,6 +141,7 @@ impl Kernel for NetlinkKernel {
             )));
         }
         let index = link.header.index;
+        let dump = self.dump_lock.lock().await;
         let addrs: Vec<AddressMessage> = h
             .address()
             .get()
@@ -143,6 +150,7 @@ impl Kernel for NetlinkKernel {
             .try_collect()
             .await
             .map_err(|e| nl_err(&format!("list addresses of {name}"), e))?;
+        drop(dump);
         let mut have = false;
         for a in addrs {
             let Some(ip) = ipv4_of(&a) else { continue };
@@ -189,6 +197,7 @@ impl Kernel for NetlinkKernel {
         let Some(br) = link_by_name(&self.handle, bridge).await? else {
             return Ok(Vec::new());
         };
+        let _dump = self.dump_lock.lock().await;
         let links: Vec<LinkMessage> = self
             .handle
             .link()
