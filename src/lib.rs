@@ -14,6 +14,7 @@ pub mod events;
 pub mod image;
 pub mod listener;
 pub mod master;
+pub mod network;
 pub mod server;
 pub mod shimclient;
 pub mod store;

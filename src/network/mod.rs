@@ -1,0 +1,31 @@
+//! Container networking (DESIGN.md "Networking"): the default `bridge` network (a Linux
+//! bridge, persisted IPAM, a veth per container, masquerade in berth's own nftables table),
+//! the `host` and `none` networks, `container:<id>` sharing, and the `/etc/hosts`,
+//! `/etc/hostname` and `/etc/resolv.conf` files dockerd writes for a container.
+//!
+//! [`NetworkManager`] is the entry point; the daemon holds one behind an `Arc`. Kernel work
+//! goes through the [`Kernel`] trait ([`NetlinkKernel`] in production, a recording fake in
+//! unit tests).
+
+mod etc;
+mod firewall;
+mod ipam;
+mod kernel;
+mod manager;
+mod netlink;
+mod netns;
+mod resource;
+mod types;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+pub use etc::{write_etc_files, EtcFiles};
+pub use ipam::Lease;
+pub use kernel::{BridgeSpec, IfStats, Kernel, VethSpec};
+pub use manager::NetworkManager;
+pub use netlink::NetlinkKernel;
+pub use resource::{EndpointResource, IpamConfig, IpamInfo, NetworkResource};
+pub use types::{netns_path, Attachment, NetConfig, NetMode, NetRequest, Subnet};
