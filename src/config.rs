@@ -9,7 +9,11 @@ use std::path::PathBuf;
 
 /// Command-line flags, named as dockerd names them.
 #[derive(Debug, Clone, Parser, Default)]
-#[command(name = "berthd", version, about = "berth container-host daemon (Docker Engine API 1.41)")]
+#[command(
+    name = "berthd",
+    version,
+    about = "berth container-host daemon (Docker Engine API 1.41)"
+)]
 pub struct Flags {
     /// Daemon socket(s) to listen on: unix://PATH or fd:// (systemd socket activation).
     #[arg(short = 'H', long = "host", env = "BERTH_HOST")]
@@ -120,11 +124,17 @@ impl Config {
             .ok()
             .and_then(|p| p.parent().map(|d| d.to_path_buf()))
             .unwrap_or_else(|| PathBuf::from("/usr/bin"));
-        let log_level = flags
-            .log_level
-            .or(file.log_level)
-            .unwrap_or_else(|| if file.debug { "debug".into() } else { "info".into() });
-        let bridge = flags.bridge.or(file.bridge).unwrap_or_else(|| "berth0".into());
+        let log_level = flags.log_level.or(file.log_level).unwrap_or_else(|| {
+            if file.debug {
+                "debug".into()
+            } else {
+                "info".into()
+            }
+        });
+        let bridge = flags
+            .bridge
+            .or(file.bridge)
+            .unwrap_or_else(|| "berth0".into());
         let nft_table = flags
             .nft_table
             .or(file.nft_table)
@@ -165,8 +175,17 @@ mod tests {
     fn flags_win_over_the_file_and_defaults_fill_the_rest() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let f = dir.path().join("daemon.json");
-        std::fs::write(&f, r#"{"data-root":"/file/root","bip":"10.9.0.1/24","log-opts":{"max-size":"1m"}}"#)?;
-        let flags = Flags::parse_from(["berthd", "--config-file", f.to_str().unwrap_or_default(), "--data-root", "/flag/root"]);
+        std::fs::write(
+            &f,
+            r#"{"data-root":"/file/root","bip":"10.9.0.1/24","log-opts":{"max-size":"1m"}}"#,
+        )?;
+        let flags = Flags::parse_from([
+            "berthd",
+            "--config-file",
+            f.to_str().unwrap_or_default(),
+            "--data-root",
+            "/flag/root",
+        ]);
         let c = Config::load(flags)?;
         assert_eq!(c.data_root, PathBuf::from("/flag/root"));
         assert_eq!(c.bip.as_deref(), Some("10.9.0.1/24"));

@@ -76,9 +76,15 @@ mod tests {
     #[test]
     fn statuses_match_dockerd() {
         assert_eq!(ApiError::no_such_container("x").status(), 404);
-        assert_eq!(ApiError::no_such_container("x").to_string(), "No such container: x");
+        assert_eq!(
+            ApiError::no_such_container("x").to_string(),
+            "No such container: x"
+        );
         assert_eq!(ApiError::Conflict("c".into()).status(), 409);
         assert_eq!(ApiError::NotModified.status(), 304);
-        assert_eq!(ApiError::internal("mount rootfs", "EPERM").to_string(), "mount rootfs: EPERM");
+        assert_eq!(
+            ApiError::internal("mount rootfs", "EPERM").to_string(),
+            "mount rootfs: EPERM"
+        );
     }
 }

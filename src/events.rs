@@ -139,8 +139,7 @@ impl EventFilter {
                 "image" => {
                     ev.actor.attributes.get("image") == Some(v)
                         || (ev.typ == "image"
-                            && (ev.actor.id == *v
-                                || ev.actor.attributes.get("name") == Some(v)))
+                            && (ev.actor.id == *v || ev.actor.attributes.get("name") == Some(v)))
                 }
                 "network" => {
                     ev.typ == "network"

@@ -73,7 +73,10 @@ fn from_systemd(name: &str) -> anyhow::Result<Vec<std::os::unix::net::UnixListen
         if !name.is_empty() && names.get(i as usize).map(String::as_str) != Some(name) {
             continue;
         }
-        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
         // SAFETY: systemd passes these fds to us and nothing else in the process owns them.
         #[allow(unsafe_code)]
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -97,10 +100,10 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let p = dir.path().join("s.sock");
         let host = format!("unix://{}", p.display());
-        let l = open_all(&[host.clone()])?;
+        let l = open_all(std::slice::from_ref(&host))?;
         let mode = std::fs::metadata(&p)?.permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
-        assert!(open_all(&[host.clone()]).is_err());
+        assert!(open_all(std::slice::from_ref(&host)).is_err());
         drop(l);
         // Stale socket file: replaced.
         assert!(open_all(&[host])?.len() == 1);

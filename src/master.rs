@@ -28,8 +28,8 @@ pub async fn spawn_shim(binary: &Path, config: &Path) -> ApiResult<i32> {
 }
 
 fn spawn_blocking(binary: &Path, config: &Path) -> ApiResult<i32> {
-    let (rd, wr): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ApiError::internal("readiness pipe", e))?;
+    let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ApiError::internal("readiness pipe", e))?;
     let wr_raw = wr.as_raw_fd();
     let mut cmd = Command::new(binary);
     cmd.arg("--config")
@@ -89,6 +89,8 @@ fn spawn_blocking(binary: &Path, config: &Path) -> ApiResult<i32> {
             "failed to create shim task: OCI runtime create failed: {err}: unknown"
         ))),
         (Some(pid), None) => Ok(pid),
-        (None, None) => Err(ApiError::Internal("shim reported neither pid nor error".into())),
+        (None, None) => Err(ApiError::Internal(
+            "shim reported neither pid nor error".into(),
+        )),
     }
 }

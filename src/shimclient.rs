@@ -3,9 +3,7 @@
 //! subscriptions. Blocking socket calls run on tokio's blocking pool with a deadline.
 
 use crate::error::{ApiError, ApiResult};
-use berth_api::shim::{
-    ShimErrorKind, ShimEvent, ShimRequest, ShimResponse, SHIM_PROTOCOL_VERSION,
-};
+use berth_api::shim::{ShimErrorKind, ShimEvent, ShimRequest, ShimResponse, SHIM_PROTOCOL_VERSION};
 use berth_api::transport;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -42,7 +40,9 @@ fn hello(sock: &OwnedFd) -> std::io::Result<()> {
     match transport::recv::<ShimResponse>(sock.as_fd())? {
         Some((ShimResponse::Hello { .. }, _)) => Ok(()),
         Some((ShimResponse::Error { message, .. }, _)) => Err(std::io::Error::other(message)),
-        Some((other, _)) => Err(std::io::Error::other(format!("unexpected hello answer {other:?}"))),
+        Some((other, _)) => Err(std::io::Error::other(format!(
+            "unexpected hello answer {other:?}"
+        ))),
         None => Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "shim closed the connection during hello",
@@ -63,7 +63,11 @@ impl ShimClient {
         &self.ctl
     }
 
-    fn call_blocking(ctl: &Path, req: &ShimRequest, fd: Option<&OwnedFd>) -> std::io::Result<ShimResponse> {
+    fn call_blocking(
+        ctl: &Path,
+        req: &ShimRequest,
+        fd: Option<&OwnedFd>,
+    ) -> std::io::Result<ShimResponse> {
         let sock = transport::connect(ctl)?;
         let tv = nix::sys::time::TimeVal::new(CALL_TIMEOUT.as_secs() as i64, 0);
         let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv);
@@ -84,10 +88,11 @@ impl ShimClient {
     pub async fn call(&self, req: ShimRequest, fd: Option<OwnedFd>) -> ApiResult<ShimResponse> {
         let ctl = self.ctl.clone();
         let what = format!("{req:?}").chars().take(40).collect::<String>();
-        let resp = tokio::task::spawn_blocking(move || Self::call_blocking(&ctl, &req, fd.as_ref()))
-            .await
-            .map_err(|e| ApiError::internal("shim request task", e))?
-            .map_err(|e| ApiError::internal(&format!("shim request {what}"), e))?;
+        let resp =
+            tokio::task::spawn_blocking(move || Self::call_blocking(&ctl, &req, fd.as_ref()))
+                .await
+                .map_err(|e| ApiError::internal("shim request task", e))?
+                .map_err(|e| ApiError::internal(&format!("shim request {what}"), e))?;
         match resp {
             ShimResponse::Error { kind, message } => Err(shim_error(kind, message)),
             other => Ok(other),
@@ -96,7 +101,10 @@ impl ShimClient {
 
     /// Whether a shim answers on the socket.
     pub async fn alive(&self) -> bool {
-        matches!(self.call(ShimRequest::State, None).await, Ok(ShimResponse::State(_)))
+        matches!(
+            self.call(ShimRequest::State, None).await,
+            Ok(ShimResponse::State(_))
+        )
     }
 
     /// Opens an event subscription.
@@ -111,8 +119,17 @@ impl ShimClient {
                 Some((ShimResponse::Event(_), _)) => {
                     return Err(std::io::Error::other("event before subscribe ack"))
                 }
-                Some((other, _)) => return Err(std::io::Error::other(format!("subscribe refused: {other:?}"))),
-                None => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "shim closed")),
+                Some((other, _)) => {
+                    return Err(std::io::Error::other(format!(
+                        "subscribe refused: {other:?}"
+                    )))
+                }
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "shim closed",
+                    ))
+                }
             }
             Ok(sock)
         })

@@ -81,9 +81,11 @@ impl Table {
 
     /// Writes only if the key is absent; returns false when it was taken.
     pub fn put_new<T: Serialize>(&self, key: &str, value: &T) -> ApiResult<bool> {
-        let res = self
-            .tree
-            .compare_and_swap(key, None as Option<&[u8]>, Some(serde_json::to_vec(value)?))?;
+        let res = self.tree.compare_and_swap(
+            key,
+            None as Option<&[u8]>,
+            Some(serde_json::to_vec(value)?),
+        )?;
         self.tree.flush()?;
         Ok(res.is_ok())
     }

@@ -19,12 +19,24 @@ fn daemon_with_image() -> Option<Daemon> {
 fn run_foreground_returns_output_and_exit_codes() {
     let Some(d) = daemon_with_image() else { return };
     assert_eq!(d.ok(&["run", "--rm", "bb:test", "echo", "hello"]), "hello");
-    let out = d.docker(&["run", "--rm", "bb:test", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "bb:test",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
     let out = d.docker(&["run", "--rm", "bb:test", "nosuchcmd"]);
-    assert_eq!(out.status.code(), Some(127), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(127),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("executable file not found"));
     // --rm removed everything.
     assert_eq!(d.ok(&["ps", "-aq"]), "");
@@ -34,14 +46,40 @@ fn run_foreground_returns_output_and_exit_codes() {
 fn run_detached_then_inspect_logs_stop_rm() {
     let Some(d) = daemon_with_image() else { return };
     let id = d.ok(&[
-        "run", "-d", "--name", "web", "--label", "tier=front", "-e", "FOO=bar", "bb:test", "sh", "-c",
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--label",
+        "tier=front",
+        "-e",
+        "FOO=bar",
+        "bb:test",
+        "sh",
+        "-c",
         "echo started; trap 'echo bye; exit 7' TERM; while true; do sleep 0.1; done",
     ]);
     assert_eq!(id.len(), 64);
-    assert_eq!(d.ok(&["inspect", "-f", "{{.State.Running}} {{.Name}} {{.Config.Labels.tier}}", "web"]), "true /web front");
+    assert_eq!(
+        d.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Running}} {{.Name}} {{.Config.Labels.tier}}",
+            "web"
+        ]),
+        "true /web front"
+    );
     let env = d.ok(&["inspect", "-f", "{{json .Config.Env}}", "web"]);
     assert!(env.contains("FOO=bar"), "{env}");
-    assert!(d.ok(&["ps", "--filter", "label=tier=front", "--format", "{{.Names}} {{.Status}}"]).starts_with("web Up"));
+    assert!(d
+        .ok(&[
+            "ps",
+            "--filter",
+            "label=tier=front",
+            "--format",
+            "{{.Names}} {{.Status}}"
+        ])
+        .starts_with("web Up"));
     // Logs arrive (wait on the log, not a sleep).
     let mut seen = false;
     for _ in 0..200 {
@@ -53,9 +91,26 @@ fn run_detached_then_inspect_logs_stop_rm() {
     }
     assert!(seen, "log line never arrived");
     d.ok(&["stop", "web"]);
-    assert_eq!(d.ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "web"]), "exited 7");
+    assert_eq!(
+        d.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "web"
+        ]),
+        "exited 7"
+    );
     assert!(d.ok(&["logs", "web"]).contains("bye"));
-    assert!(d.ok(&["ps", "-a", "--filter", "status=exited", "--format", "{{.Status}}"]).starts_with("Exited (7)"));
+    assert!(d
+        .ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            "status=exited",
+            "--format",
+            "{{.Status}}"
+        ])
+        .starts_with("Exited (7)"));
     let out = d.docker(&["rm", "nope"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("No such container: nope"));
     d.ok(&["rm", "web"]);
@@ -66,7 +121,17 @@ fn run_detached_then_inspect_logs_stop_rm() {
 fn exec_and_stdin_and_errors() {
     let Some(d) = daemon_with_image() else { return };
     d.ok(&["run", "-d", "--name", "box", "bb:test", "sleep", "1000"]);
-    let out = d.docker(&["exec", "-e", "X=1", "-w", "/tmp", "box", "sh", "-c", "echo $X $(pwd); exit 5"]);
+    let out = d.docker(&[
+        "exec",
+        "-e",
+        "X=1",
+        "-w",
+        "/tmp",
+        "box",
+        "sh",
+        "-c",
+        "echo $X $(pwd); exit 5",
+    ]);
     assert_eq!(out.status.code(), Some(5));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1 /tmp\n");
     assert_eq!(d.ok(&["exec", "-u", "nobody", "box", "id", "-u"]), "65534");
@@ -76,7 +141,12 @@ fn exec_and_stdin_and_errors() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn docker run -i");
-    child.stdin.take().expect("stdin").write_all(b"hello-stdin\n").expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hello-stdin\n")
+        .expect("write");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-stdin\n");
     // Conflicts with dockerd's wording.
@@ -86,7 +156,10 @@ fn exec_and_stdin_and_errors() {
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is already in use by container"));
     d.ok(&["kill", "box"]);
-    assert_eq!(d.ok(&["inspect", "-f", "{{.State.ExitCode}}", "box"]), "137");
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.ExitCode}}", "box"]),
+        "137"
+    );
     let out = d.docker(&["kill", "box"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not running"));
     d.ok(&["rm", "box"]);
@@ -94,23 +167,45 @@ fn exec_and_stdin_and_errors() {
 
 #[test]
 fn containers_survive_a_daemon_kill() {
-    let Some(mut d) = daemon_with_image() else { return };
+    let Some(mut d) = daemon_with_image() else {
+        return;
+    };
     d.ok(&["run", "-d", "--name", "long", "bb:test", "sleep", "1000"]);
-    d.ok(&["run", "-d", "--name", "short", "bb:test", "sh", "-c", "read x < /dev/stdin; exit 42"]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "short",
+        "bb:test",
+        "sh",
+        "-c",
+        "read x < /dev/stdin; exit 42",
+    ]);
     let pid = d.ok(&["inspect", "-f", "{{.State.Pid}}", "long"]);
     d.kill9();
     // While no daemon runs, `short` exits on its own (stdin is /dev/null: read hits EOF).
     d.spawn();
-    assert_eq!(d.ok(&["inspect", "-f", "{{.State.Pid}} {{.State.Running}}", "long"]), format!("{pid} true"));
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.Pid}} {{.State.Running}}", "long"]),
+        format!("{pid} true")
+    );
     let mut st = String::new();
     for _ in 0..200 {
-        st = d.ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "short"]);
+        st = d.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "short",
+        ]);
         if st.starts_with("exited") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
     assert_eq!(st, "exited 42");
-    assert_ne!(d.ok(&["inspect", "-f", "{{.State.FinishedAt}}", "short"]), "0001-01-01T00:00:00Z");
+    assert_ne!(
+        d.ok(&["inspect", "-f", "{{.State.FinishedAt}}", "short"]),
+        "0001-01-01T00:00:00Z"
+    );
     d.ok(&["rm", "-f", "long", "short"]);
 }

@@ -243,11 +243,20 @@ mod tests {
     #[test]
     fn filter_applies_streams_times_and_tail() {
         let mut data = Vec::new();
-        for (i, s) in [Stream::Stdout, Stream::Stderr, Stream::Stdout, Stream::Stdout]
-            .iter()
-            .enumerate()
+        for (i, s) in [
+            Stream::Stdout,
+            Stream::Stderr,
+            Stream::Stdout,
+            Stream::Stdout,
+        ]
+        .iter()
+        .enumerate()
         {
-            data.extend(encode_entry(*s, format!("l{i}\n").as_bytes(), 1000 + i as i64));
+            data.extend(encode_entry(
+                *s,
+                format!("l{i}\n").as_bytes(),
+                1000 + i as i64,
+            ));
         }
         data.extend_from_slice(b"{\"log\":\"torn");
         let entries = read_entries(&data[..]);
@@ -266,7 +275,10 @@ mod tests {
 
     #[test]
     fn frames_have_the_eight_byte_header() {
-        assert_eq!(frame(Stream::Stderr, b"err\n"), b"\x02\x00\x00\x00\x00\x00\x00\x04err\n");
+        assert_eq!(
+            frame(Stream::Stderr, b"err\n"),
+            b"\x02\x00\x00\x00\x00\x00\x00\x04err\n"
+        );
         let d = decode_line(&encode_entry(Stream::Stdout, b"out\n", 0)).expect("decode");
         assert_eq!(render(&d, false, true), b"out\n");
         assert_eq!(

@@ -21,7 +21,10 @@ pub const MAX_FDS: usize = 4;
 pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> std::io::Result<()> {
     let data = serde_json::to_vec(msg).map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
     if data.len() > MAX_PACKET {
-        return Err(Error::new(ErrorKind::InvalidInput, "shim message too large"));
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "shim message too large",
+        ));
     }
     let iov = [IoSlice::new(&data)];
     let cmsg = [ControlMessage::ScmRights(fds)];
@@ -36,7 +39,9 @@ pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> std::
 }
 
 /// Receives one message and the fds that came with it; `Ok(None)` at end of stream.
-pub fn recv<T: DeserializeOwned>(sock: BorrowedFd<'_>) -> std::io::Result<Option<(T, Vec<OwnedFd>)>> {
+pub fn recv<T: DeserializeOwned>(
+    sock: BorrowedFd<'_>,
+) -> std::io::Result<Option<(T, Vec<OwnedFd>)>> {
     let mut buf = vec![0u8; MAX_PACKET];
     let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (n, fds, truncated) = loop {
@@ -73,7 +78,8 @@ pub fn recv<T: DeserializeOwned>(sock: BorrowedFd<'_>) -> std::io::Result<Option
     if n == 0 {
         return Ok(None);
     }
-    let msg = serde_json::from_slice(&buf[..n]).map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
+    let msg =
+        serde_json::from_slice(&buf[..n]).map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
     Ok(Some((msg, fds)))
 }
 
@@ -120,7 +126,11 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )?;
         let f = tempfile::tempfile()?;
-        send(a.as_fd(), &ShimRequest::Hello { version: 1 }, &[f.as_raw_fd()])?;
+        send(
+            a.as_fd(),
+            &ShimRequest::Hello { version: 1 },
+            &[f.as_raw_fd()],
+        )?;
         send(a.as_fd(), &ShimResponse::Ok, &[])?;
         let (m, fds): (ShimRequest, _) = recv(b.as_fd())?.ok_or(ErrorKind::UnexpectedEof)?;
         assert_eq!(m, ShimRequest::Hello { version: 1 });

@@ -36,8 +36,7 @@ pub fn validate_name(name: &str) -> ApiResult<String> {
     let mut chars = n.chars();
     let ok = match chars.next() {
         Some(c) if c.is_ascii_alphanumeric() => {
-            n.len() >= 2
-                && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            n.len() >= 2 && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
         }
         _ => false,
     };
@@ -108,7 +107,11 @@ pub fn fill_host_config(hc: &mut HostConfig, log_opts: &HashMap<String, String>)
         hc.network_mode = Some("default".into());
     }
     let policy = hc.restart_policy.get_or_insert_with(RestartPolicy::default);
-    let name = policy.name.as_ref().map(|n| n.to_string()).unwrap_or_default();
+    let name = policy
+        .name
+        .as_ref()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
     match name.as_str() {
         "" | "no" | "always" | "unless-stopped" => {
             if policy.maximum_retry_count.unwrap_or(0) != 0 {
@@ -139,7 +142,9 @@ pub fn fill_host_config(hc: &mut HostConfig, log_opts: &HashMap<String, String>)
             "conflicting options: cannot specify both --restart and --rm".into(),
         ));
     }
-    let log = hc.log_config.get_or_insert_with(HostConfigLogConfig::default);
+    let log = hc
+        .log_config
+        .get_or_insert_with(HostConfigLogConfig::default);
     let typ = log.typ.clone().unwrap_or_default();
     if typ.is_empty() {
         log.typ = Some("json-file".into());
@@ -153,7 +158,10 @@ pub fn fill_host_config(hc: &mut HostConfig, log_opts: &HashMap<String, String>)
     }
     let cfg = log.config.get_or_insert_with(HashMap::new);
     for k in cfg.keys() {
-        if !matches!(k.as_str(), "max-size" | "max-file" | "labels" | "env" | "compress" | "tag") {
+        if !matches!(
+            k.as_str(),
+            "max-size" | "max-file" | "labels" | "env" | "compress" | "tag"
+        ) {
             return Err(ApiError::BadRequest(format!(
                 "unknown log opt '{k}' for json-file log driver"
             )));
@@ -178,7 +186,7 @@ pub fn fill_host_config(hc: &mut HostConfig, log_opts: &HashMap<String, String>)
 }
 
 /// Parses a size like `10m`, `1g`, `512k`, `1024` (bytes).
-pub fn parse_size(s: &str) -> Result<u64, ()> {
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim().to_ascii_lowercase();
     let t = t.trim_end_matches('b');
     let (num, mul) = match t.chars().last() {
@@ -187,9 +195,9 @@ pub fn parse_size(s: &str) -> Result<u64, ()> {
         Some('g') => (&t[..t.len() - 1], 1024 * 1024 * 1024),
         _ => (t, 1),
     };
-    let n: f64 = num.parse().map_err(|_| ())?;
+    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
     if n < 0.0 {
-        return Err(());
+        return Err(format!("invalid size {s:?}"));
     }
     Ok((n * mul as f64) as u64)
 }
@@ -271,19 +279,96 @@ impl Containers {
 /// A dockerd-style random name (`adjective_surname`).
 pub fn generate_name(id: &str) -> String {
     const LEFT: &[&str] = &[
-        "admiring", "brave", "clever", "dazzling", "eager", "focused", "gallant", "happy",
-        "jolly", "keen", "loving", "modest", "nifty", "optimistic", "quirky", "relaxed",
-        "serene", "tender", "upbeat", "vibrant", "wizardly", "youthful", "zealous",
+        "admiring",
+        "brave",
+        "clever",
+        "dazzling",
+        "eager",
+        "focused",
+        "gallant",
+        "happy",
+        "jolly",
+        "keen",
+        "loving",
+        "modest",
+        "nifty",
+        "optimistic",
+        "quirky",
+        "relaxed",
+        "serene",
+        "tender",
+        "upbeat",
+        "vibrant",
+        "wizardly",
+        "youthful",
+        "zealous",
     ];
     const RIGHT: &[&str] = &[
-        "albattani", "babbage", "curie", "darwin", "euclid", "fermat", "galileo", "hopper",
-        "jennings", "kepler", "lovelace", "mccarthy", "noether", "pascal", "ritchie",
-        "shannon", "thompson", "turing", "wozniak", "yalow", "zuse",
+        "albattani",
+        "babbage",
+        "curie",
+        "darwin",
+        "euclid",
+        "fermat",
+        "galileo",
+        "hopper",
+        "jennings",
+        "kepler",
+        "lovelace",
+        "mccarthy",
+        "noether",
+        "pascal",
+        "ritchie",
+        "shannon",
+        "thompson",
+        "turing",
+        "wozniak",
+        "yalow",
+        "zuse",
     ];
     let b = hex::decode(&id[..8.min(id.len())]).unwrap_or_else(|_| vec![0; 4]);
     let l = LEFT[b.first().copied().unwrap_or(0) as usize % LEFT.len()];
     let r = RIGHT[b.get(1).copied().unwrap_or(0) as usize % RIGHT.len()];
     format!("{l}_{r}{}", b.get(2).copied().unwrap_or(0) % 10)
+}
+
+/// Reads the defaults a new container takes from an image's config (via its JSON form,
+/// which has dockerd's field names).
+pub fn image_defaults(img: &crate::image::ImageRecord) -> ImageDefaults {
+    let v = serde_json::to_value(img.container_config()).unwrap_or_default();
+    let strs = |k: &str| -> Option<Vec<String>> {
+        v.get(k)?.as_array().map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+    };
+    let keys = |k: &str| -> Vec<String> {
+        v.get(k)
+            .and_then(|o| o.as_object())
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    ImageDefaults {
+        env: strs("Env").unwrap_or_default(),
+        cmd: strs("Cmd"),
+        entrypoint: strs("Entrypoint"),
+        working_dir: s("WorkingDir"),
+        user: s("User"),
+        labels: v
+            .get("Labels")
+            .and_then(|o| o.as_object())
+            .map(|o| {
+                o.iter()
+                    .map(|(k, x)| (k.clone(), x.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        exposed_ports: keys("ExposedPorts"),
+        volumes: keys("Volumes"),
+        stop_signal: Some(s("StopSignal")).filter(|x| !x.is_empty()),
+    }
 }
 
 #[cfg(test)]
@@ -297,7 +382,9 @@ mod tests {
         assert!(validate_name("-x").is_err());
         assert!(validate_name("a b").is_err());
         let e = validate_name("bad/name").expect_err("slash");
-        assert!(e.to_string().starts_with("Invalid container name (bad/name)"));
+        assert!(e
+            .to_string()
+            .starts_with("Invalid container name (bad/name)"));
     }
 
     #[test]
@@ -316,7 +403,10 @@ mod tests {
             ..Default::default()
         };
         merge_config(&mut body, &img);
-        assert_eq!(body.env, Some(vec!["PATH=/bin".into(), "A=2".into(), "B".into()]));
+        assert_eq!(
+            body.env,
+            Some(vec!["PATH=/bin".into(), "A=2".into(), "B".into()])
+        );
         assert_eq!(body.cmd, Some(vec!["sh".to_string()]));
         assert_eq!(body.working_dir.as_deref(), Some("/srv"));
         assert_eq!(body.stop_signal.as_deref(), Some("SIGUSR1"));
@@ -325,21 +415,36 @@ mod tests {
             ..Default::default()
         };
         merge_config(&mut body, &img);
-        assert_eq!(body.cmd, None, "an overridden entrypoint drops the image's Cmd");
+        assert_eq!(
+            body.cmd, None,
+            "an overridden entrypoint drops the image's Cmd"
+        );
     }
 
     #[test]
     fn host_config_defaults_and_conflicts() -> ApiResult<()> {
         let mut hc = HostConfig::default();
-        fill_host_config(&mut hc, &HashMap::from([("max-size".to_string(), "1m".to_string())]))?;
+        fill_host_config(
+            &mut hc,
+            &HashMap::from([("max-size".to_string(), "1m".to_string())]),
+        )?;
         assert_eq!(hc.network_mode.as_deref(), Some("default"));
         assert_eq!(hc.shm_size, Some(67108864));
         let log = hc.log_config.clone().unwrap_or_default();
         assert_eq!(log.typ.as_deref(), Some("json-file"));
-        assert_eq!(log.config.unwrap_or_default().get("max-size").map(String::as_str), Some("1m"));
+        assert_eq!(
+            log.config
+                .unwrap_or_default()
+                .get("max-size")
+                .map(String::as_str),
+            Some("1m")
+        );
         let mut hc = HostConfig {
             auto_remove: Some(true),
-            restart_policy: Some(RestartPolicy { name: "always".parse().ok(), maximum_retry_count: Some(0) }),
+            restart_policy: Some(RestartPolicy {
+                name: "always".parse().ok(),
+                maximum_retry_count: Some(0),
+            }),
             ..Default::default()
         };
         assert!(fill_host_config(&mut hc, &HashMap::new()).is_err());

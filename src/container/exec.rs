@@ -132,7 +132,11 @@ impl Containers {
             pid: 0,
         });
         self.update(&rec.id, |r| r.exec_ids.push(id.clone()))?;
-        self.event(&rec, &format!("exec_create: {cmd}"), &[("execID", id.clone())]);
+        self.event(
+            &rec,
+            &format!("exec_create: {cmd}"),
+            &[("execID", id.clone())],
+        );
         Ok(id)
     }
 
@@ -173,14 +177,20 @@ impl Containers {
             attach_stdout: c.attach_stdout.unwrap_or(false),
             attach_stderr: c.attach_stderr.unwrap_or(false),
             detach: false,
-            privileged: c.privileged.unwrap_or(false) || rec.host_config.privileged.unwrap_or(false),
+            privileged: c.privileged.unwrap_or(false)
+                || rec.host_config.privileged.unwrap_or(false),
             detach_keys: super::streams::parse_detach_keys(c.detach_keys.as_deref().unwrap_or(""))?,
             initial: Vec::new(),
         })
     }
 
     /// `POST /exec/{id}/start`.
-    pub fn exec_start(self: &Arc<Self>, exec_id: &str, detach: bool, upgrade: bool) -> ApiResult<Response> {
+    pub fn exec_start(
+        self: &Arc<Self>,
+        exec_id: &str,
+        detach: bool,
+        upgrade: bool,
+    ) -> ApiResult<Response> {
         let ex = self.execs.get(exec_id)?;
         if ex.started {
             return Err(ApiError::Conflict(format!(
@@ -189,7 +199,10 @@ impl Containers {
         }
         let rec = self.lookup(&ex.container_id)?;
         if !rec.state.status.is_live() {
-            return Err(ApiError::Conflict(format!("Container {} is not running", rec.id)));
+            return Err(ApiError::Conflict(format!(
+                "Container {} is not running",
+                rec.id
+            )));
         }
         let mut params = self.exec_params(&ex)?;
         let mut started = ex.clone();
@@ -197,7 +210,11 @@ impl Containers {
         started.running = true;
         self.execs.put(started);
         let cmd = ex.config.cmd.clone().unwrap_or_default().join(" ");
-        self.event(&rec, &format!("exec_start: {cmd}"), &[("execID", ex.id.clone())]);
+        self.event(
+            &rec,
+            &format!("exec_start: {cmd}"),
+            &[("execID", ex.id.clone())],
+        );
         let me = self.clone();
         let cid = rec.id.clone();
         let eid = ex.id.clone();
@@ -212,7 +229,11 @@ impl Containers {
                         let res = me2.shim(&cid).call(ShimRequest::Exec(params), None).await;
                         me2.exec_started(&eid, res);
                         let mut s = conn.stream;
-                        let _ = tokio::io::AsyncWriteExt::write_all(&mut s, crate::server::http::LAST_CHUNK).await;
+                        let _ = tokio::io::AsyncWriteExt::write_all(
+                            &mut s,
+                            crate::server::http::LAST_CHUNK,
+                        )
+                        .await;
                     })
                 }),
             });
@@ -222,11 +243,16 @@ impl Containers {
             content_type: "application/vnd.docker.raw-stream",
             then: Box::new(move |conn| {
                 Box::pin(async move {
-                    let Ok(std) = conn.stream.into_std() else { return };
+                    let Ok(std) = conn.stream.into_std() else {
+                        return;
+                    };
                     let _ = std.set_nonblocking(false);
                     params.initial = conn.leftover;
                     let fd = std::os::fd::OwnedFd::from(std);
-                    let res = me.shim(&cid).call(ShimRequest::Exec(params), Some(fd)).await;
+                    let res = me
+                        .shim(&cid)
+                        .call(ShimRequest::Exec(params), Some(fd))
+                        .await;
                     me.exec_started(&eid, res);
                 })
             }),
@@ -234,7 +260,9 @@ impl Containers {
     }
 
     fn exec_started(&self, exec_id: &str, res: ApiResult<ShimResponse>) {
-        let Ok(mut ex) = self.execs.get(exec_id) else { return };
+        let Ok(mut ex) = self.execs.get(exec_id) else {
+            return;
+        };
         match res {
             Ok(ShimResponse::ExecStarted { pid }) => ex.pid = pid,
             Ok(_) => {}
@@ -253,7 +281,12 @@ impl Containers {
         if ex.running {
             if let Ok(ShimResponse::ExecState(st)) = self
                 .shim(&ex.container_id)
-                .call(ShimRequest::ExecState { exec_id: exec_id.to_string() }, None)
+                .call(
+                    ShimRequest::ExecState {
+                        exec_id: exec_id.to_string(),
+                    },
+                    None,
+                )
                 .await
             {
                 ex.running = st.running;

@@ -60,9 +60,9 @@ impl Containers {
                 for p in self.pending.take(id) {
                     match p {
                         Pending::Attach(_, fd) => close_attach(fd),
-                        Pending::Wait(WaitCondition::Removed, fd) => {
-                            self.pending.push(id, Pending::Wait(WaitCondition::Removed, fd))
-                        }
+                        Pending::Wait(WaitCondition::Removed, fd) => self
+                            .pending
+                            .push(id, Pending::Wait(WaitCondition::Removed, fd)),
                         Pending::Wait(_, fd) => answer_wait(fd, code, None),
                     }
                 }
@@ -100,10 +100,7 @@ impl Containers {
             rec.host_config.dns_search.as_deref().unwrap_or(&[]),
             rec.host_config.dns_options.as_deref().unwrap_or(&[]),
         )?;
-        let att_json = attachment
-            .as_ref()
-            .map(serde_json::to_value)
-            .transpose()?;
+        let att_json = attachment.as_ref().map(serde_json::to_value).transpose()?;
         self.update(id, |r| r.attachment = att_json)?;
         let bundle = self.write_bundle(rec, &merged, netns.as_deref(), &etc)?;
         let shim_cfg = self.write_shim_config(rec, &bundle)?;
@@ -112,7 +109,9 @@ impl Containers {
         let shim = self.shim(id);
         for p in self.pending.take(id) {
             let res = match p {
-                Pending::Attach(params, fd) => shim.call(ShimRequest::Attach(params), Some(fd)).await,
+                Pending::Attach(params, fd) => {
+                    shim.call(ShimRequest::Attach(params), Some(fd)).await
+                }
                 Pending::Wait(cond, fd) => {
                     let condition = match cond {
                         WaitCondition::NextExit => WaitCondition::NotRunning,
@@ -133,7 +132,10 @@ impl Containers {
     async fn setup_network(
         &self,
         rec: &Record,
-    ) -> ApiResult<(Option<crate::network::Attachment>, Option<std::path::PathBuf>)> {
+    ) -> ApiResult<(
+        Option<crate::network::Attachment>,
+        Option<std::path::PathBuf>,
+    )> {
         let mode_str = rec.host_config.network_mode.clone().unwrap_or_default();
         let mode = match mode_str.strip_prefix("container:") {
             Some(other) => {
@@ -144,10 +146,11 @@ impl Containers {
                         o.id
                     )));
                 }
-                crate::network::NetMode::Container(crate::network::netns_path(
-                    &self.paths.exec_root,
-                    &o.id,
-                ))
+                crate::network::NetMode::Container(
+                    crate::network::netns_path(&self.paths.exec_root, &o.id)
+                        .to_string_lossy()
+                        .into_owned(),
+                )
             }
             None => crate::network::NetMode::parse(&mode_str)?,
         };
@@ -194,7 +197,11 @@ impl Containers {
                     self.execs.finished(&exec_id, code);
                     if let Ok(rec) = self.lookup(&id) {
                         let cmd = self.execs.command_line(&exec_id);
-                        self.event(&rec, &format!("exec_die: {cmd}"), &[("execID", exec_id.clone()), ("exitCode", code.to_string())]);
+                        self.event(
+                            &rec,
+                            &format!("exec_die: {cmd}"),
+                            &[("execID", exec_id.clone()), ("exitCode", code.to_string())],
+                        );
                     }
                 }
             }
@@ -232,7 +239,9 @@ impl Containers {
         if !before.state.status.is_live() && before.state.finished_at_ns == x.finished_at_ns {
             return;
         }
-        let rec = match self.update(id, |r| r.state.exited(x.code, x.oom_killed, x.finished_at_ns)) {
+        let rec = match self.update(id, |r| {
+            r.state.exited(x.code, x.oom_killed, x.finished_at_ns)
+        }) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(%id, error = %e, "recording exit failed");
@@ -255,7 +264,11 @@ impl Containers {
             });
         } else if rec.should_restart(x.code) {
             let ran_ns = x.finished_at_ns - before.state.started_at_ns;
-            let count = if ran_ns > 10_000_000_000 { 0 } else { rec.state.restart_count };
+            let count = if ran_ns > 10_000_000_000 {
+                0
+            } else {
+                rec.state.restart_count
+            };
             let delay = Duration::from_millis(100u64 << count.clamp(0, 9) as u64);
             let _ = self.update(id, |r| r.state.status = Status::Restarting);
             let me = self.clone();
@@ -278,7 +291,12 @@ impl Containers {
         }
     }
 
-    async fn wait_exit(&self, rx: &mut tokio::sync::watch::Receiver<u64>, gen0: u64, t: Option<Duration>) -> bool {
+    async fn wait_exit(
+        &self,
+        rx: &mut tokio::sync::watch::Receiver<u64>,
+        gen0: u64,
+        t: Option<Duration>,
+    ) -> bool {
         let fut = rx.wait_for(|g| *g != gen0);
         match t {
             Some(t) => matches!(tokio::time::timeout(t, fut).await, Ok(Ok(_))),
@@ -314,13 +332,30 @@ impl Containers {
         let gen0 = *rx.borrow();
         let sig = parse_signal(&rec.stop_signal()).unwrap_or(libc::SIGTERM);
         let timeout = t.unwrap_or_else(|| rec.stop_timeout());
-        shim.call(ShimRequest::Kill { signal: sig, all: false }, None).await?;
+        shim.call(
+            ShimRequest::Kill {
+                signal: sig,
+                all: false,
+            },
+            None,
+        )
+        .await?;
         self.event(&rec, "kill", &[("signal", sig.to_string())]);
         let limit = (timeout >= 0).then(|| Duration::from_secs(timeout as u64));
         if !self.wait_exit(&mut rx, gen0, limit).await {
-            shim.call(ShimRequest::Kill { signal: libc::SIGKILL, all: true }, None).await?;
+            shim.call(
+                ShimRequest::Kill {
+                    signal: libc::SIGKILL,
+                    all: true,
+                },
+                None,
+            )
+            .await?;
             self.event(&rec, "kill", &[("signal", libc::SIGKILL.to_string())]);
-            if !self.wait_exit(&mut rx, gen0, Some(Duration::from_secs(30))).await {
+            if !self
+                .wait_exit(&mut rx, gen0, Some(Duration::from_secs(30)))
+                .await
+            {
                 return Err(ApiError::Internal(format!(
                     "cannot stop container {id}: it did not exit after SIGKILL"
                 )));
@@ -348,11 +383,18 @@ impl Containers {
         let gen0 = *rx.borrow();
         self.update(&id, |r| r.state.manually_stopped = true)?;
         self.shim(&id)
-            .call(ShimRequest::Kill { signal: sig, all: sig == libc::SIGKILL }, None)
+            .call(
+                ShimRequest::Kill {
+                    signal: sig,
+                    all: sig == libc::SIGKILL,
+                },
+                None,
+            )
             .await?;
         self.event(&rec, "kill", &[("signal", sig.to_string())]);
         if sig == libc::SIGKILL {
-            self.wait_exit(&mut rx, gen0, Some(Duration::from_secs(10))).await;
+            self.wait_exit(&mut rx, gen0, Some(Duration::from_secs(10)))
+                .await;
         }
         Ok(())
     }
@@ -380,17 +422,27 @@ impl Containers {
         match (rec.state.status, pause) {
             (Status::Running, true) | (Status::Paused, false) => {}
             (Status::Paused, true) => {
-                return Err(ApiError::Conflict(format!("Container {id} is already paused")))
+                return Err(ApiError::Conflict(format!(
+                    "Container {id} is already paused"
+                )))
             }
             (Status::Running, false) => {
                 return Err(ApiError::Conflict(format!("Container {id} is not paused")))
             }
             _ => return Err(ApiError::Conflict(format!("Container {id} is not running"))),
         }
-        let req = if pause { ShimRequest::Pause } else { ShimRequest::Resume };
+        let req = if pause {
+            ShimRequest::Pause
+        } else {
+            ShimRequest::Resume
+        };
         self.shim(&id).call(req, None).await?;
         let rec = self.update(&id, |r| {
-            r.state.status = if pause { Status::Paused } else { Status::Running }
+            r.state.status = if pause {
+                Status::Paused
+            } else {
+                Status::Running
+            }
         })?;
         self.event(&rec, if pause { "pause" } else { "unpause" }, &[]);
         Ok(())
@@ -441,9 +493,19 @@ impl Containers {
             if rec.state.status == Status::Paused {
                 let _ = shim.call(ShimRequest::Resume, None).await;
             }
-            shim.call(ShimRequest::Kill { signal: libc::SIGKILL, all: true }, None).await?;
+            shim.call(
+                ShimRequest::Kill {
+                    signal: libc::SIGKILL,
+                    all: true,
+                },
+                None,
+            )
+            .await?;
             self.event(&rec, "kill", &[("signal", libc::SIGKILL.to_string())]);
-            if !self.wait_exit(&mut rx, gen0, Some(Duration::from_secs(30))).await {
+            if !self
+                .wait_exit(&mut rx, gen0, Some(Duration::from_secs(30)))
+                .await
+            {
                 return Err(ApiError::Internal(format!(
                     "could not kill running container {id}, cannot remove"
                 )));
@@ -518,7 +580,12 @@ impl Containers {
     }
 
     /// Hands a client connection to the running shim, or returns it when no shim takes it.
-    pub(crate) async fn hand_to_shim(&self, id: &str, req: ShimRequest, fd: OwnedFd) -> Option<OwnedFd> {
+    pub(crate) async fn hand_to_shim(
+        &self,
+        id: &str,
+        req: ShimRequest,
+        fd: OwnedFd,
+    ) -> Option<OwnedFd> {
         let keep = fd.try_clone().ok();
         match self.shim(id).call(req, Some(fd)).await {
             Ok(_) => None,
@@ -536,8 +603,14 @@ mod tests {
 
     #[test]
     fn start_errors_map_to_dockerd_exit_codes() {
-        assert_eq!(start_error_code("exec: \"nosuch\": executable file not found in $PATH"), 127);
-        assert_eq!(start_error_code("chdir to cwd: no such file or directory"), 127);
+        assert_eq!(
+            start_error_code("exec: \"nosuch\": executable file not found in $PATH"),
+            127
+        );
+        assert_eq!(
+            start_error_code("chdir to cwd: no such file or directory"),
+            127
+        );
         assert_eq!(start_error_code("exec /x: permission denied"), 126);
         assert_eq!(start_error_code("network nonet not found"), 128);
     }

@@ -6,6 +6,7 @@
 //! (invariant 2); while no shim exists yet (created containers) they wait in
 //! [`pending`] and are handed over at start.
 
+pub mod bundle;
 pub mod create;
 pub mod exec;
 pub mod lifecycle;
@@ -232,10 +233,7 @@ impl Containers {
             .into_iter()
             .collect();
         attrs.insert("name".into(), rec.name.clone());
-        attrs.insert(
-            "image".into(),
-            rec.config.image.clone().unwrap_or_default(),
-        );
+        attrs.insert("image".into(), rec.config.image.clone().unwrap_or_default());
         for (k, v) in extra {
             attrs.insert((*k).to_string(), v.clone());
         }

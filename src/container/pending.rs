@@ -88,7 +88,10 @@ mod tests {
         answer_wait(OwnedFd::from(a), 127, None);
         let mut s = String::new();
         b.read_to_string(&mut s)?;
-        assert_eq!(s, "22\r\n{\"Error\":null,\"StatusCode\":127}\n\r\n0\r\n\r\n");
+        assert_eq!(
+            s,
+            "20\r\n{\"Error\":null,\"StatusCode\":127}\n\r\n0\r\n\r\n"
+        );
         Ok(())
     }
 
@@ -97,7 +100,10 @@ mod tests {
         let t = PendingTable::default();
         let (a, b) = std::os::unix::net::UnixStream::pair()?;
         t.push("c", Pending::Wait(WaitCondition::Removed, OwnedFd::from(a)));
-        t.push("c", Pending::Wait(WaitCondition::NextExit, OwnedFd::from(b)));
+        t.push(
+            "c",
+            Pending::Wait(WaitCondition::NextExit, OwnedFd::from(b)),
+        );
         assert_eq!(t.take_waits("c", |c| c == WaitCondition::NextExit).len(), 1);
         assert_eq!(t.take("c").len(), 1);
         assert!(t.take("c").is_empty());

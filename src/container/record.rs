@@ -223,7 +223,11 @@ pub fn parse_signal(s: &str) -> ApiResult<i32> {
         return Err(ApiError::BadRequest(format!("Invalid signal: {s}")));
     }
     let up = t.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     if let Some(rest) = name.strip_prefix("SIGRTMIN+") {
         if let Ok(n) = rest.parse::<i32>() {
             return Ok(libc::SIGRTMIN() + n);
@@ -278,7 +282,11 @@ pub fn status_string(st: &State, now_ns: i64) -> String {
     match st.status {
         Status::Running => format!("Up {}", ago(st.started_at_ns)),
         Status::Paused => format!("Up {} (Paused)", ago(st.started_at_ns)),
-        Status::Restarting => format!("Restarting ({}) {} ago", st.exit_code, ago(st.finished_at_ns)),
+        Status::Restarting => format!(
+            "Restarting ({}) {} ago",
+            st.exit_code,
+            ago(st.finished_at_ns)
+        ),
         Status::Removing => "Removal In Progress".into(),
         Status::Dead => "Dead".into(),
         Status::Created => "Created".into(),
@@ -328,18 +336,23 @@ mod tests {
         assert_eq!(st.check_start("x"), Err(ApiError::NotModified));
         assert_eq!(status_string(&st, 6_000_000_000), "Up 5 seconds");
         st.exited(3, false, 2_000_000_000);
-        assert_eq!(status_string(&st, 4_000_000_000), "Exited (3) 2 seconds ago");
+        assert_eq!(
+            status_string(&st, 4_000_000_000),
+            "Exited (3) 2 seconds ago"
+        );
         assert!(st.check_start("x").is_ok());
         st.status = Status::Paused;
         assert!(matches!(st.check_start("x"), Err(ApiError::Conflict(_))));
     }
 
     fn rec(policy: &str, max: i64) -> Record {
-        let mut hc = HostConfig::default();
-        hc.restart_policy = Some(berth_api::models::RestartPolicy {
-            name: policy.parse().ok(),
-            maximum_retry_count: Some(max),
-        });
+        let hc = HostConfig {
+            restart_policy: Some(berth_api::models::RestartPolicy {
+                name: policy.parse().ok(),
+                maximum_retry_count: Some(max),
+            }),
+            ..Default::default()
+        };
         Record {
             id: "a".repeat(64),
             name: "n".into(),

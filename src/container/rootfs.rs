@@ -91,8 +91,9 @@ impl Rootfs {
     /// Unmounts the overlay if mounted (lazily, as a running exec may still hold it).
     pub fn unmount(&self) -> ApiResult<()> {
         if self.is_mounted() {
-            umount2(&self.merged(), MntFlags::MNT_DETACH)
-                .map_err(|e| ApiError::internal(&format!("unmount {}", self.merged().display()), e))?;
+            umount2(&self.merged(), MntFlags::MNT_DETACH).map_err(|e| {
+                ApiError::internal(&format!("unmount {}", self.merged().display()), e)
+            })?;
         }
         Ok(())
     }
@@ -103,7 +104,10 @@ impl Rootfs {
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ApiError::internal(&format!("remove {}", self.dir.display()), e)),
+            Err(e) => Err(ApiError::internal(
+                &format!("remove {}", self.dir.display()),
+                e,
+            )),
         }
     }
 }
@@ -122,7 +126,7 @@ mod tests {
         std::fs::create_dir_all(&lower)?;
         std::fs::write(lower.join("f"), "lower")?;
         let r = Rootfs::new(dir.path(), "c1");
-        let merged = r.mount(&[lower.clone()])?;
+        let merged = r.mount(std::slice::from_ref(&lower))?;
         struct Guard(Rootfs);
         impl Drop for Guard {
             fn drop(&mut self) {

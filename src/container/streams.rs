@@ -45,13 +45,19 @@ pub fn parse_detach_keys(s: &str) -> ApiResult<Vec<u8>> {
                 [b']'] => 29,
                 [b'^'] => 30,
                 [b'_'] => 31,
-                _ => return Err(ApiError::BadRequest(format!("Invalid detach keys ({s}) provided"))),
+                _ => {
+                    return Err(ApiError::BadRequest(format!(
+                        "Invalid detach keys ({s}) provided"
+                    )))
+                }
             };
             out.push(b);
         } else if k.len() == 1 {
             out.push(k.as_bytes()[0]);
         } else {
-            return Err(ApiError::BadRequest(format!("Invalid detach keys ({s}) provided")));
+            return Err(ApiError::BadRequest(format!(
+                "Invalid detach keys ({s}) provided"
+            )));
         }
     }
     Ok(out)
@@ -95,7 +101,10 @@ impl Containers {
                 WaitCondition::NextExit => WaitCondition::NotRunning,
                 c => c,
             };
-            match self.hand_to_shim(id, ShimRequest::Wait { condition }, fd).await {
+            match self
+                .hand_to_shim(id, ShimRequest::Wait { condition }, fd)
+                .await
+            {
                 None => return,
                 Some(fd) => {
                     let rec = self.lookup(id).unwrap_or(rec);
@@ -111,11 +120,17 @@ impl Containers {
     }
 
     /// `POST /containers/{id}/attach?stream=&stdin=&stdout=&stderr=&logs=&detachKeys=`.
-    pub fn attach(self: &Arc<Self>, name: &str, params: AttachParams, upgrade: bool) -> ApiResult<Response> {
+    pub fn attach(
+        self: &Arc<Self>,
+        name: &str,
+        params: AttachParams,
+        upgrade: bool,
+    ) -> ApiResult<Response> {
         let rec = self.lookup(name)?;
         if rec.state.status == super::record::Status::Removing {
             return Err(ApiError::Conflict(format!(
-                "container {} is being removed", rec.id
+                "container {} is being removed",
+                rec.id
             )));
         }
         let me = self.clone();
@@ -125,13 +140,20 @@ impl Containers {
             content_type: "application/vnd.docker.raw-stream",
             then: Box::new(move |conn| {
                 Box::pin(async move {
-                    let Some((fd, leftover)) = conn_fd(conn) else { return };
+                    let Some((fd, leftover)) = conn_fd(conn) else {
+                        return;
+                    };
                     let mut params = params;
                     params.initial = leftover;
                     let _g = me.lock(&id).await;
-                    let live = me.lookup(&id).map(|r| r.state.status.is_live()).unwrap_or(false);
+                    let live = me
+                        .lookup(&id)
+                        .map(|r| r.state.status.is_live())
+                        .unwrap_or(false);
                     if live {
-                        if let Some(fd) = me.hand_to_shim(&id, ShimRequest::Attach(params), fd).await {
+                        if let Some(fd) =
+                            me.hand_to_shim(&id, ShimRequest::Attach(params), fd).await
+                        {
                             super::pending::close_attach(fd);
                         }
                     } else {
@@ -172,7 +194,9 @@ impl Containers {
                 then: Box::new(move |conn| {
                     Box::pin(async move {
                         let Some((fd, _)) = conn_fd(conn) else { return };
-                        if let Some(fd) = me.hand_to_shim(&id, ShimRequest::Logs(p.clone()), fd).await {
+                        if let Some(fd) =
+                            me.hand_to_shim(&id, ShimRequest::Logs(p.clone()), fd).await
+                        {
                             // The container stopped meanwhile: send the history ourselves.
                             let body = me.read_logs(&id, &p);
                             let mut out = Vec::new();

@@ -44,8 +44,19 @@ pub fn filter_ps(output: &str, pids: &HashSet<i32>) -> ApiResult<(Vec<String>, V
         }
         // The last column (command) may contain spaces.
         let n = titles.len();
-        let mut row: Vec<String> = fields.iter().take(n.saturating_sub(1)).map(|s| s.to_string()).collect();
-        row.push(fields.iter().skip(n.saturating_sub(1)).copied().collect::<Vec<_>>().join(" "));
+        let mut row: Vec<String> = fields
+            .iter()
+            .take(n.saturating_sub(1))
+            .map(|s| s.to_string())
+            .collect();
+        row.push(
+            fields
+                .iter()
+                .skip(n.saturating_sub(1))
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         rows.push(row);
     }
     Ok((titles, rows))
@@ -56,7 +67,10 @@ impl Containers {
     pub async fn top(&self, name: &str, ps_args: Option<&str>) -> ApiResult<serde_json::Value> {
         let rec = self.lookup(name)?;
         if !rec.state.status.is_live() {
-            return Err(ApiError::Conflict(format!("Container {} is not running", rec.id)));
+            return Err(ApiError::Conflict(format!(
+                "Container {} is not running",
+                rec.id
+            )));
         }
         let args: Vec<String> = ps_args
             .filter(|a| !a.is_empty())
@@ -84,13 +98,23 @@ impl Containers {
     pub async fn resize(&self, name: &str, h: u16, w: u16) -> ApiResult<()> {
         let rec = self.lookup(name)?;
         if !rec.state.status.is_live() {
-            return Err(ApiError::Conflict(format!("Container {} is not running", rec.id)));
+            return Err(ApiError::Conflict(format!(
+                "Container {} is not running",
+                rec.id
+            )));
         }
         if !rec.tty() {
             return Ok(());
         }
         self.shim(&rec.id)
-            .call(ShimRequest::Resize { exec_id: None, height: h, width: w }, None)
+            .call(
+                ShimRequest::Resize {
+                    exec_id: None,
+                    height: h,
+                    width: w,
+                },
+                None,
+            )
             .await?;
         Ok(())
     }
@@ -105,7 +129,19 @@ mod tests {
         let out = "UID PID PPID C STIME TTY TIME CMD\nroot 10 1 0 10:00 ? 00:00:00 sleep 100\nroot 11 1 0 10:00 ? 00:00:00 other\n";
         let (t, rows) = filter_ps(out, &HashSet::from([10]))?;
         assert_eq!(t.len(), 8);
-        assert_eq!(rows, vec![vec!["root", "10", "1", "0", "10:00", "?", "00:00:00", "sleep 100"]]);
+        assert_eq!(
+            rows,
+            vec![vec![
+                "root",
+                "10",
+                "1",
+                "0",
+                "10:00",
+                "?",
+                "00:00:00",
+                "sleep 100"
+            ]]
+        );
         assert!(filter_ps("A B\n", &HashSet::new()).is_err());
         Ok(())
     }

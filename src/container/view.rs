@@ -24,7 +24,9 @@ fn time_or_never(ns: i64) -> String {
 /// A map rendered with sorted keys (Go's encoding/json order).
 fn sorted<V: serde::Serialize>(m: &Option<HashMap<String, V>>) -> Value {
     match m {
-        Some(m) => serde_json::to_value(m.iter().collect::<BTreeMap<_, _>>()).unwrap_or(Value::Null),
+        Some(m) => {
+            serde_json::to_value(m.iter().collect::<BTreeMap<_, _>>()).unwrap_or(Value::Null)
+        }
         None => Value::Null,
     }
 }
@@ -46,7 +48,8 @@ fn ports_obj(list: &Option<Vec<String>>) -> Value {
 
 /// The HostConfig as dockerd shows it.
 pub fn host_config_json(rec: &Record) -> Value {
-    let mut base: Map<String, Value> = serde_json::from_str(HOST_CONFIG_TEMPLATE).unwrap_or_default();
+    let mut base: Map<String, Value> =
+        serde_json::from_str(HOST_CONFIG_TEMPLATE).unwrap_or_default();
     if let Ok(Value::Object(set)) = serde_json::to_value(&rec.host_config) {
         for (k, v) in set {
             if k == "Tmpfs" || k == "LogConfig" || k == "Sysctls" || k == "StorageOpt" {
@@ -130,7 +133,11 @@ fn attachment(rec: &Record) -> Option<crate::network::Attachment> {
 pub fn network_settings(rec: &Record) -> Value {
     let att = attachment(rec);
     let mode = rec.host_config.network_mode.clone().unwrap_or_default();
-    let net_name = if mode == "default" || mode.is_empty() { "bridge".to_string() } else { mode.clone() };
+    let net_name = if mode == "default" || mode.is_empty() {
+        "bridge".to_string()
+    } else {
+        mode.clone()
+    };
     let mut networks = Map::new();
     let mut legacy = json!({"EndpointID": "", "Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
         "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": ""});
@@ -183,8 +190,10 @@ fn mounts_json(rec: &Record) -> Value {
         }
         let mode = parts.get(2).copied().unwrap_or("");
         let rw = !mode.split(',').any(|m| m == "ro");
-        out.push(json!({"Type": "bind", "Source": parts[0], "Destination": parts[1], "Mode": mode,
-            "RW": rw, "Propagation": "rprivate"}));
+        out.push(
+            json!({"Type": "bind", "Source": parts[0], "Destination": parts[1], "Mode": mode,
+            "RW": rw, "Propagation": "rprivate"}),
+        );
     }
     if let Some(t) = &rec.host_config.tmpfs {
         let mut keys: Vec<&String> = t.keys().collect();
@@ -202,7 +211,10 @@ pub fn command_string(rec: &Record) -> String {
     args.extend(rec.config.cmd.clone().unwrap_or_default());
     args.iter()
         .map(|a| {
-            if a.is_empty() || a.chars().any(|c| c.is_whitespace() || "'\"\\$`".contains(c)) {
+            if a.is_empty()
+                || a.chars()
+                    .any(|c| c.is_whitespace() || "'\"\\$`".contains(c))
+            {
                 format!("'{}'", a.replace('\'', "'\\''"))
             } else {
                 a.clone()
@@ -219,15 +231,28 @@ impl Containers {
         let st = &rec.state;
         let mut args = rec.config.entrypoint.clone().unwrap_or_default();
         args.extend(rec.config.cmd.clone().unwrap_or_default());
-        let path = if args.is_empty() { String::new() } else { args.remove(0) };
+        let path = if args.is_empty() {
+            String::new()
+        } else {
+            args.remove(0)
+        };
         let cdir = self.paths.container_dir(&rec.id);
         let rootfs = super::rootfs::Rootfs::new(&self.paths.data_root, &rec.id);
         let lower = self
             .images
             .layer_dirs(&rec.image_id)
-            .map(|l| l.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"))
+            .map(|l| {
+                l.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            })
             .unwrap_or_default();
-        let execs = if rec.exec_ids.is_empty() { Value::Null } else { json!(rec.exec_ids) };
+        let execs = if rec.exec_ids.is_empty() {
+            Value::Null
+        } else {
+            json!(rec.exec_ids)
+        };
         Ok(json!({
             "Id": rec.id, "Created": rfc3339_nano(rec.created_ns), "Path": path, "Args": args,
             "State": {
@@ -278,39 +303,76 @@ impl Containers {
     }
 
     /// `GET /containers/json?all=&limit=&filters=`.
-    pub fn list(&self, all: bool, limit: Option<usize>, filters: &HashMap<String, Vec<String>>) -> ApiResult<Vec<Value>> {
+    pub fn list(
+        &self,
+        all: bool,
+        limit: Option<usize>,
+        filters: &HashMap<String, Vec<String>>,
+    ) -> ApiResult<Vec<Value>> {
         for key in filters.keys() {
             if !matches!(
                 key.as_str(),
-                "id" | "name" | "label" | "status" | "ancestor" | "exited" | "before" | "since" | "network" | "volume" | "health" | "is-task" | "publish" | "expose"
+                "id" | "name"
+                    | "label"
+                    | "status"
+                    | "ancestor"
+                    | "exited"
+                    | "before"
+                    | "since"
+                    | "network"
+                    | "volume"
+                    | "health"
+                    | "is-task"
+                    | "publish"
+                    | "expose"
             ) {
                 return Err(ApiError::BadRequest(format!("invalid filter '{key}'")));
             }
         }
         if let Some(sts) = filters.get("status") {
             for s in sts {
-                if !matches!(s.as_str(), "created" | "restarting" | "running" | "removing" | "paused" | "exited" | "dead") {
-                    return Err(ApiError::BadRequest(format!(
-                        "Invalid filter 'status={s}'"
-                    )));
+                if !matches!(
+                    s.as_str(),
+                    "created"
+                        | "restarting"
+                        | "running"
+                        | "removing"
+                        | "paused"
+                        | "exited"
+                        | "dead"
+                ) {
+                    return Err(ApiError::BadRequest(format!("Invalid filter 'status={s}'")));
                 }
             }
         }
         let mut recs = self.all();
-        recs.sort_by(|a, b| b.created_ns.cmp(&a.created_ns));
+        recs.sort_by_key(|r| std::cmp::Reverse(r.created_ns));
         let created_of = |name: &str| self.lookup(name).ok().map(|r| r.created_ns);
-        let before = filters.get("before").and_then(|v| v.first()).and_then(|n| created_of(n));
-        let since = filters.get("since").and_then(|v| v.first()).and_then(|n| created_of(n));
+        let before = filters
+            .get("before")
+            .and_then(|v| v.first())
+            .and_then(|n| created_of(n));
+        let since = filters
+            .get("since")
+            .and_then(|v| v.first())
+            .and_then(|n| created_of(n));
         let any_all = !all && (filters.contains_key("status") || filters.contains_key("exited"));
         let mut out = Vec::new();
         for rec in recs {
-            if !(all || any_all || limit.is_some()) && !rec.state.status.is_live() && rec.state.status != Status::Restarting {
+            if !(all
+                || any_all
+                || limit.is_some()
+                || rec.state.status.is_live()
+                || rec.state.status == Status::Restarting)
+            {
                 continue;
             }
             if !self.matches(&rec, filters) {
                 continue;
             }
-            if before.is_some_and(|b| rec.created_ns >= b) || since.is_some_and(|s| rec.created_ns <= s) {
+            if before.is_some_and(|b| rec.created_ns >= b)
+                || since.is_some_and(|s| rec.created_ns <= s)
+            {
                 continue;
             }
             out.push(self.summary(&rec));
@@ -334,7 +396,8 @@ impl Containers {
                 }),
                 "status" => vals.iter().any(|v| v == rec.state.status.as_str()),
                 "exited" => vals.iter().any(|v| {
-                    rec.state.status == Status::Exited && v.parse::<i32>().ok() == Some(rec.state.exit_code)
+                    rec.state.status == Status::Exited
+                        && v.parse::<i32>().ok() == Some(rec.state.exit_code)
                 }),
                 "label" => vals.iter().all(|v| {
                     let labels = rec.config.labels.clone().unwrap_or_default();
@@ -345,11 +408,19 @@ impl Containers {
                 }),
                 "ancestor" => vals.iter().any(|v| {
                     rec.config.image.as_deref() == Some(v.as_str())
-                        || self.images.resolve(v).map(|i| i.id == rec.image_id).unwrap_or(false)
+                        || self
+                            .images
+                            .resolve(v)
+                            .map(|i| i.id == rec.image_id)
+                            .unwrap_or(false)
                 }),
                 "network" => vals.iter().any(|v| {
                     let mode = rec.host_config.network_mode.clone().unwrap_or_default();
-                    let mode = if mode == "default" { "bridge".to_string() } else { mode };
+                    let mode = if mode == "default" {
+                        "bridge".to_string()
+                    } else {
+                        mode
+                    };
                     &mode == v
                 }),
                 _ => true,
@@ -367,13 +438,17 @@ mod tests {
         let m: Map<String, Value> = serde_json::from_str(HOST_CONFIG_TEMPLATE).unwrap_or_default();
         assert_eq!(m.keys().next().map(String::as_str), Some("Binds"));
         assert!(m.contains_key("MaskedPaths"));
-        assert_eq!(m.len(), 63);
+        assert_eq!(m.len(), 66);
     }
 
     #[test]
     fn commands_are_quoted_like_docker_ps() {
         let mut r = super::super::record::tests_support::record();
-        r.config.cmd = Some(vec!["sh".into(), "-c".into(), "while true; do echo x; done".into()]);
+        r.config.cmd = Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "while true; do echo x; done".into(),
+        ]);
         assert_eq!(command_string(&r), "sh -c 'while true; do echo x; done'");
     }
 }

@@ -25,8 +25,8 @@ mod save;
 pub mod split;
 
 pub use config::{ContainerConfig, ImageConfigFile};
-pub use remove::InUse;
 pub use query::ImageSummary;
+pub use remove::InUse;
 pub use save::SavePlan;
 
 use crate::error::{ApiError, ApiResult};

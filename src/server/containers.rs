@@ -42,7 +42,10 @@ pub async fn route(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Respons
         ("GET", ["containers", "json"]) => {
             let filters = super::system::parse_filters(req.q("filters"))?;
             let limit = q_i64(&req, "limit")?.filter(|l| *l > 0).map(|l| l as usize);
-            Ok(Response::json(200, &c.list(req.q_bool("all", false), limit, &filters)?))
+            Ok(Response::json(
+                200,
+                &c.list(req.q_bool("all", false), limit, &filters)?,
+            ))
         }
         ("GET", ["containers", id, "json"]) => Ok(Response::json(200, &c.inspect(id)?)),
         ("POST", ["containers", id, "start"]) => {
@@ -99,7 +102,11 @@ pub async fn route(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Respons
                 n => match n.parse::<i64>() {
                     Ok(v) if v >= 0 => Some(v as usize),
                     Ok(_) => None,
-                    Err(_) => return Err(ApiError::BadRequest(format!("invalid value for tail: {n:?}"))),
+                    Err(_) => {
+                        return Err(ApiError::BadRequest(format!(
+                            "invalid value for tail: {n:?}"
+                        )))
+                    }
                 },
             };
             let since = req
@@ -123,7 +130,9 @@ pub async fn route(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Respons
             };
             c.logs(id, p, req.q_bool("follow", false))
         }
-        ("GET", ["containers", id, "top"]) => Ok(Response::json(200, &c.top(id, req.q("ps_args")).await?)),
+        ("GET", ["containers", id, "top"]) => {
+            Ok(Response::json(200, &c.top(id, req.q("ps_args")).await?))
+        }
         ("POST", ["containers", id, "exec"]) => {
             let id = id.to_string();
             let cfg: ExecConfig = json_body(req)?;
@@ -134,7 +143,10 @@ pub async fn route(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Respons
             c.remove(id, req.q_bool("force", false)).await?;
             Ok(Response::empty(204))
         }
-        (m, _) => Err(ApiError::NotFound(format!("page not found: {m} {}", req.path))),
+        (m, _) => Err(ApiError::NotFound(format!(
+            "page not found: {m} {}",
+            req.path
+        ))),
     }
 }
 
@@ -148,8 +160,10 @@ async fn create(d: &Daemon, req: Request) -> ApiResult<Response> {
         ));
     }
     let img = d.images.resolve(&image_ref)?;
-    let defaults = crate::image::container_defaults(&img);
-    let rec = d.containers.create(name.as_deref(), body, (img.id.clone(), defaults))?;
+    let defaults = crate::container::create::image_defaults(&img);
+    let rec = d
+        .containers
+        .create(name.as_deref(), body, (img.id.clone(), defaults))?;
     Ok(Response::json(201, &json!({"Id": rec.id, "Warnings": []})))
 }
 
@@ -162,7 +176,10 @@ pub async fn route_exec(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Re
             let id = id.to_string();
             let upgrade = is_upgrade(&req);
             let body: serde_json::Value = json_body(req)?;
-            let detach = body.get("Detach").and_then(|v| v.as_bool()).unwrap_or(false);
+            let detach = body
+                .get("Detach")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
             c.exec_start(&id, detach, upgrade)
         }
         ("POST", ["exec", id, "resize"]) => {
@@ -172,6 +189,9 @@ pub async fn route_exec(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Re
             Ok(Response::empty(200))
         }
         ("GET", ["exec", id, "json"]) => Ok(Response::json(200, &c.exec_inspect(id).await?)),
-        (m, _) => Err(ApiError::NotFound(format!("page not found: {m} {}", req.path))),
+        (m, _) => Err(ApiError::NotFound(format!(
+            "page not found: {m} {}",
+            req.path
+        ))),
     }
 }

@@ -59,7 +59,8 @@ impl Body {
                     return Err(format!("request body too large ({len} bytes)"));
                 }
                 let mut v = Vec::with_capacity(len as usize);
-                f.seek(std::io::SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+                f.seek(std::io::SeekFrom::Start(0))
+                    .map_err(|e| e.to_string())?;
                 f.read_to_end(&mut v).map_err(|e| e.to_string())?;
                 Ok(v)
             }
@@ -283,8 +284,13 @@ pub async fn serve_conn<H: Handler + ?Sized>(mut stream: UnixStream, handler: &H
         let resp = handler.handle(req).await;
         match resp {
             r @ Response::Full { .. } => {
-                let Some(parts) = FullParts::of(r) else { return };
-                if write_full(&mut stream, parts, keep_alive, is_head).await.is_err() {
+                let Some(parts) = FullParts::of(r) else {
+                    return;
+                };
+                if write_full(&mut stream, parts, keep_alive, is_head)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -387,7 +393,11 @@ async fn write_full(
         headers,
         body,
     } = &resp;
-    let mut head = format!("HTTP/1.1 {status} {}\r\n{}", reason(*status), common_headers());
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\n{}",
+        reason(*status),
+        common_headers()
+    );
     if let Some(ct) = content_type {
         head.push_str(&format!("Content-Type: {ct}\r\n"));
     }
@@ -528,12 +538,19 @@ impl Sink {
     }
 }
 
-async fn read_sized(stream: &mut UnixStream, buf: &mut BytesMut, len: usize) -> std::io::Result<Body> {
+async fn read_sized(
+    stream: &mut UnixStream,
+    buf: &mut BytesMut,
+    len: usize,
+) -> std::io::Result<Body> {
     let mut sink = Sink::new();
     let mut left = len;
     while left > 0 {
         if buf.is_empty() && fill(stream, buf).await? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "body cut short"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "body cut short",
+            ));
         }
         let n = left.min(buf.len());
         sink.push(&buf[..n])?;
@@ -551,10 +568,16 @@ async fn read_line(stream: &mut UnixStream, buf: &mut BytesMut) -> std::io::Resu
             return Ok(line);
         }
         if buf.len() > MAX_HEAD {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "chunk line too long"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "chunk line too long",
+            ));
         }
         if fill(stream, buf).await? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "body cut short"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "body cut short",
+            ));
         }
     }
 }
@@ -565,7 +588,10 @@ async fn read_chunked(stream: &mut UnixStream, buf: &mut BytesMut) -> std::io::R
         let line = read_line(stream, buf).await?;
         let size_str = line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_str, 16).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad chunk size {size_str:?}"))
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad chunk size {size_str:?}"),
+            )
         })?;
         if size == 0 {
             // Trailers until an empty line.
@@ -578,7 +604,10 @@ async fn read_chunked(stream: &mut UnixStream, buf: &mut BytesMut) -> std::io::R
         let mut left = size;
         while left > 0 {
             if buf.is_empty() && fill(stream, buf).await? == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "body cut short"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "body cut short",
+                ));
             }
             let n = left.min(buf.len());
             sink.push(&buf[..n])?;
@@ -587,7 +616,10 @@ async fn read_chunked(stream: &mut UnixStream, buf: &mut BytesMut) -> std::io::R
         }
         let crlf = read_line(stream, buf).await?;
         if !crlf.is_empty() {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "missing CRLF after chunk"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "missing CRLF after chunk",
+            ));
         }
     }
 }
@@ -653,7 +685,10 @@ mod tests {
         fn handle(&self, req: Request) -> futures::future::BoxFuture<'_, Response> {
             Box::pin(async move {
                 let body = req.body.bytes().unwrap_or_default();
-                Response::json(200, &serde_json::json!({"path": req.path, "len": body.len()}))
+                Response::json(
+                    200,
+                    &serde_json::json!({"path": req.path, "len": body.len()}),
+                )
             })
         }
     }
@@ -665,7 +700,7 @@ mod tests {
         b.write_all(b"POST /v1.41/a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\n2\r\nab\r\n0\r\n\r\n").await?;
         let mut got = Vec::new();
         let mut tmp = [0u8; 4096];
-        while !(String::from_utf8_lossy(&got).matches("\"len\"").count() == 2) {
+        while String::from_utf8_lossy(&got).matches("\"len\"").count() != 2 {
             let n = b.read(&mut tmp).await?;
             anyhow::ensure!(n > 0, "server closed early");
             got.extend_from_slice(&tmp[..n]);

@@ -1,13 +1,17 @@
 //! The API server: the daemon's shared state, the accept loops and the router.
 
+pub mod containers;
 pub mod http;
 pub mod images;
+pub mod networks;
 pub mod router;
 pub mod system;
 
 use crate::config::Config;
+use crate::container::{Containers, Paths};
 use crate::events::EventBus;
 use crate::image::ImageStore;
+use crate::network::{NetConfig, NetworkManager};
 use crate::store::Store;
 use anyhow::Context;
 use std::sync::Arc;
@@ -24,6 +28,10 @@ pub struct Daemon {
     pub id: String,
     /// The local image store.
     pub images: Arc<ImageStore>,
+    /// Networking.
+    pub net: Arc<NetworkManager>,
+    /// Containers.
+    pub containers: Arc<Containers>,
 }
 
 /// Object counts for `/info`.
@@ -44,14 +52,18 @@ pub struct Counts {
 impl Daemon {
     /// Object counts for `/info` (containers and images are wired in by their modules).
     pub fn counts(&self) -> Counts {
+        let (containers, running, paused, stopped) = self.containers.counts();
         Counts {
+            containers,
+            running,
+            paused,
+            stopped,
             images: self.images.count(),
-            ..Counts::default()
         }
     }
 
     /// Opens the store and builds the shared state.
-    pub fn open(config: Config) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(config: Config) -> anyhow::Result<Arc<Self>> {
         for d in [&config.data_root, &config.exec_root] {
             std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
         }
@@ -70,12 +82,41 @@ impl Daemon {
             ImageStore::open(&config.data_root.join("image"), &store, events.clone())
                 .context("open image store")?,
         );
+        let net = Arc::new(
+            NetworkManager::open(
+                NetConfig {
+                    bridge: config.bridge.clone(),
+                    bip: config.bip.clone(),
+                    nft_table: config.nft_table.clone(),
+                    exec_root: config.exec_root.clone(),
+                },
+                &store,
+            )
+            .await
+            .context("set up networking")?,
+        );
+        let paths = Paths {
+            data_root: config.data_root.clone(),
+            exec_root: config.exec_root.clone(),
+            shim_binary: config.shim_binary.clone(),
+            cgroup_parent: config.cgroup_parent.clone(),
+            log_opts: config.log_opts.clone(),
+        };
+        let containers =
+            Containers::open(&store, paths, events.clone(), images.clone(), net.clone())
+                .context("open container records")?;
+        let weak = Arc::downgrade(&containers);
+        images.set_in_use_checker(Arc::new(move |image_id: &str| {
+            weak.upgrade().and_then(|c| c.image_user(image_id))
+        }));
         Ok(Arc::new(Daemon {
             config,
             store,
             events,
             id,
             images,
+            net,
+            containers,
         }))
     }
 }
@@ -108,7 +149,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .context("start runtime")?;
     let pidfile = config.pidfile.clone();
     let res = rt.block_on(async move {
-        let daemon = Daemon::open(config)?;
+        let daemon = Daemon::open(config).await?;
+        daemon.containers.restore().await;
         let router = Arc::new(router::Router::new(daemon.clone()));
         for l in listeners {
             l.set_nonblocking(true).context("listener nonblocking")?;

@@ -2,7 +2,7 @@
 //! Docker's status codes and `{"message": ...}` bodies (the only place that does).
 
 use super::http::{Handler, Request, Response};
-use super::{images, system, Daemon};
+use super::{containers, images, networks, system, Daemon};
 use crate::error::ApiError;
 use std::sync::Arc;
 
@@ -65,6 +65,21 @@ impl Router {
             ("GET", ["info"]) => system::info(d),
             ("GET", ["events"]) => system::events(d, &req),
             (_, ["images", _, ..]) => images::route(d, req).await,
+            (_, ["containers", ..]) => {
+                let segs: Vec<String> = segs.iter().map(|s| s.to_string()).collect();
+                let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+                containers::route(d, req, &segs).await
+            }
+            (_, ["exec", ..]) => {
+                let segs: Vec<String> = segs.iter().map(|s| s.to_string()).collect();
+                let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+                containers::route_exec(d, req, &segs).await
+            }
+            (_, ["networks", ..]) => {
+                let segs: Vec<String> = segs.iter().map(|s| s.to_string()).collect();
+                let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+                networks::route(d, req, &segs).await
+            }
             (m, _) => Err(ApiError::NotFound(format!(
                 "page not found: {m} {}",
                 req.path
@@ -96,9 +111,14 @@ mod tests {
         assert!(check_version("1.41").is_ok());
         assert!(check_version("1.24").is_ok());
         let e = check_version("1.52").expect_err("too new");
-        assert_eq!(e.to_string(), "client version 1.52 is too new. Maximum supported API version is 1.41");
+        assert_eq!(
+            e.to_string(),
+            "client version 1.52 is too new. Maximum supported API version is 1.41"
+        );
         let e = check_version("1.11").expect_err("too old");
-        assert!(e.to_string().starts_with("client version 1.11 is too old. Minimum supported API version is 1.24"));
+        assert!(e
+            .to_string()
+            .starts_with("client version 1.11 is too old. Minimum supported API version is 1.24"));
         assert_eq!(reply(Err(ApiError::NotModified)).status_code(), 304);
     }
 }

@@ -10,7 +10,10 @@ use serde_json::json;
 pub fn ping(req: &Request) -> Response {
     let mut r = Response::text(200, "OK");
     if let Response::Full { headers, .. } = &mut r {
-        headers.push(("Cache-Control".into(), "no-cache, no-store, must-revalidate".into()));
+        headers.push((
+            "Cache-Control".into(),
+            "no-cache, no-store, must-revalidate".into(),
+        ));
         headers.push(("Pragma".into(), "no-cache".into()));
     }
     let _ = req;
@@ -94,7 +97,11 @@ fn mem_total() -> u64 {
         .and_then(|t| {
             t.lines()
                 .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
@@ -113,7 +120,9 @@ pub fn info(d: &Daemon) -> ApiResult<Response> {
     let (kernel, machine, hostname) = uname();
     let (os_name, os_version) = os_release();
     let c = d.counts();
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     Ok(Response::json(
         200,
         &json!({
@@ -170,7 +179,9 @@ pub fn parse_time_arg(s: &str) -> ApiResult<i64> {
 }
 
 /// Parses `filters` in either the map-of-bool or the list form.
-pub fn parse_filters(raw: Option<&str>) -> ApiResult<std::collections::HashMap<String, Vec<String>>> {
+pub fn parse_filters(
+    raw: Option<&str>,
+) -> ApiResult<std::collections::HashMap<String, Vec<String>>> {
     let mut out = std::collections::HashMap::new();
     let Some(raw) = raw.filter(|s| !s.is_empty()) else {
         return Ok(out);
@@ -187,8 +198,15 @@ pub fn parse_filters(raw: Option<&str>) -> ApiResult<std::collections::HashMap<S
                 .filter(|(_, b)| b.as_bool().unwrap_or(true))
                 .map(|(s, _)| s.clone())
                 .collect(),
-            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
-            _ => return Err(ApiError::BadRequest(format!("invalid filter value for {k:?}"))),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid filter value for {k:?}"
+                )))
+            }
         };
         out.insert(k.clone(), list);
     }
@@ -197,8 +215,16 @@ pub fn parse_filters(raw: Option<&str>) -> ApiResult<std::collections::HashMap<S
 
 /// `GET /events`: replays history in the window, then streams live events until `until`.
 pub fn events(d: &Daemon, req: &Request) -> ApiResult<Response> {
-    let since = req.q("since").filter(|s| !s.is_empty()).map(parse_time_arg).transpose()?;
-    let until = req.q("until").filter(|s| !s.is_empty()).map(parse_time_arg).transpose()?;
+    let since = req
+        .q("since")
+        .filter(|s| !s.is_empty())
+        .map(parse_time_arg)
+        .transpose()?;
+    let until = req
+        .q("until")
+        .filter(|s| !s.is_empty())
+        .map(parse_time_arg)
+        .transpose()?;
     let filter = EventFilter {
         filters: parse_filters(req.q("filters"))?,
     };
@@ -267,7 +293,10 @@ mod tests {
 
     #[test]
     fn time_args_accept_unix_fractions_and_rfc3339() -> ApiResult<()> {
-        assert_eq!(parse_time_arg("1795424400.000000000")?, 1_795_424_400_000_000_000);
+        assert_eq!(
+            parse_time_arg("1795424400.000000000")?,
+            1_795_424_400_000_000_000
+        );
         assert_eq!(parse_time_arg("12.5")?, 12_500_000_000);
         assert_eq!(parse_time_arg("1970-01-01T00:00:01Z")?, 1_000_000_000);
         assert!(parse_time_arg("yesterday").is_err());

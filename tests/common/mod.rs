@@ -100,7 +100,10 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if std::os::unix::net::UnixStream::connect(&self.sock).is_ok()
-                && self.docker(&["version", "--format", "{{.Server.APIVersion}}"]).status.success()
+                && self
+                    .docker(&["version", "--format", "{{.Server.APIVersion}}"])
+                    .status
+                    .success()
             {
                 return;
             }
@@ -109,7 +112,11 @@ impl Daemon {
                     panic!("berthd exited during start-up ({st}): {}", self.log());
                 }
             }
-            assert!(Instant::now() < deadline, "berthd not ready: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "berthd not ready: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -209,7 +216,10 @@ pub fn busybox_rootfs_tar(out: &Path) {
         .find(|p| Path::new(p).exists())
         .expect("busybox-static is installed (make deps)");
     std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copy busybox");
-    let list = Command::new(busybox).arg("--list").output().expect("busybox --list");
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet != "busybox" {
             let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
@@ -225,8 +235,11 @@ pub fn busybox_rootfs_tar(out: &Path) {
         "root:x:0:\nnogroup:x:65534:\nuser:x:1000:\nwheel:x:10:user\n",
     )
     .expect("group");
-    std::fs::set_permissions(rootfs.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777))
-        .expect("tmp mode");
+    std::fs::set_permissions(
+        rootfs.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .expect("tmp mode");
     let st = Command::new("tar")
         .arg("-C")
         .arg(&rootfs)
@@ -249,7 +262,11 @@ impl Drop for Daemon {
         }
         self.kill9();
         // Whatever is left: shims, mounts, links, tables, cgroups.
-        let _ = Command::new("pkill").arg("-9").arg("-f").arg(self.root.to_string_lossy().as_ref()).status();
+        let _ = Command::new("pkill")
+            .arg("-9")
+            .arg("-f")
+            .arg(self.root.to_string_lossy().as_ref())
+            .status();
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
             let root = self.root.to_string_lossy().to_string();
             let mut points: Vec<&str> = mounts
@@ -262,10 +279,21 @@ impl Drop for Daemon {
                 let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
             }
         }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
-        let _ = Command::new("nft").args(["delete", "table", "inet", &self.table]).stderr(Stdio::null()).status();
-        for ctl in ["memory", "pids", "cpu", "cpuacct", "cpuset", "devices", "freezer", "blkio", "systemd", "unified", ""] {
-            let base = Path::new("/sys/fs/cgroup").join(ctl).join(self.cgroup.trim_start_matches('/'));
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .stderr(Stdio::null())
+            .status();
+        for ctl in [
+            "memory", "pids", "cpu", "cpuacct", "cpuset", "devices", "freezer", "blkio", "systemd",
+            "unified", "",
+        ] {
+            let base = Path::new("/sys/fs/cgroup")
+                .join(ctl)
+                .join(self.cgroup.trim_start_matches('/'));
             if let Ok(rd) = std::fs::read_dir(&base) {
                 for e in rd.flatten() {
                     if e.path().is_dir() {
