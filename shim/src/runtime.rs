@@ -1,0 +1,283 @@
+//! The only module that calls libcontainer: create and start the init, exec tenants, kill
+//! every process, pause/resume and delete; plus turning libcontainer's errors into the
+//! wording the docker CLI maps to exit codes (127 for not found, 126 for permission).
+
+use crate::stdio::ChildIo;
+use anyhow::{Context, Result};
+use berth_api::shim::{ExecParams, ShimConfig};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::oci_spec::runtime::{Capabilities, LinuxCapabilities, Process, Spec};
+use libcontainer::syscall::syscall::SyscallType;
+use std::path::{Path, PathBuf};
+
+/// Every capability name, for `exec --privileged`.
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The error of a failed create/exec, with the parts of its chain joined by ": ".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Rewrites libcontainer's text the way runc words the same failures, so the CLI's
+/// substring checks (`executable file not found`, `no such file or directory`,
+/// `permission denied`) see them.
+pub fn docker_message(chain: &str, arg0: &str) -> String {
+    let lower_errno = chain
+        .replace("No such file or directory", "no such file or directory")
+        .replace("Permission denied", "permission denied")
+        .replace("Is a directory", "is a directory");
+    let body = if chain.contains("not found in $PATH") {
+        format!("exec: \"{arg0}\": executable file not found in $PATH")
+    } else if chain.contains("does not have correct permissions") {
+        format!("exec: \"{arg0}\": permission denied")
+    } else {
+        lower_errno
+    };
+    format!("unable to start container process: {body}")
+}
+
+/// Exit code Docker records for an exec that could not start.
+pub fn exec_failure_code(message: &str) -> i32 {
+    if message.contains("executable file not found") || message.contains("no such file") {
+        127
+    } else {
+        126
+    }
+}
+
+/// The OCI spec of the bundle.
+pub fn load_spec(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    Spec::load(&path).with_context(|| format!("load OCI spec {}", path.display()))
+}
+
+/// The spec's `linux.cgroupsPath`.
+pub fn cgroups_path(spec: &Spec) -> Option<PathBuf> {
+    spec.linux().as_ref().and_then(|l| l.cgroups_path().clone())
+}
+
+fn first_arg(spec: &Spec) -> String {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.args().as_ref())
+        .and_then(|a| a.first().cloned())
+        .unwrap_or_default()
+}
+
+/// Removes libcontainer state left by an earlier run of this container id.
+fn clear_stale(cfg: &ShimConfig) {
+    let dir = cfg.runtime_root.join(&cfg.id);
+    if !dir.exists() {
+        return;
+    }
+    tracing::warn!(dir = %dir.display(), "removing stale runtime state");
+    match Container::load(dir.clone()) {
+        Ok(mut c) => {
+            let _ = c.refresh_status();
+            if let Err(e) = c.delete(true) {
+                tracing::warn!(error = %e, "delete stale container");
+            }
+        }
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// Creates the container (init blocked in "created") from the bundle.
+/// On failure returns the message for `ShimReady.error`.
+pub fn create_init(
+    cfg: &ShimConfig,
+    io: Option<ChildIo>,
+    console: Option<&Path>,
+) -> Result<Container, String> {
+    let spec = load_spec(&cfg.bundle).map_err(|e| format!("{e:#}"))?;
+    std::fs::create_dir_all(&cfg.runtime_root)
+        .map_err(|e| format!("create runtime root {}: {e}", cfg.runtime_root.display()))?;
+    clear_stale(cfg);
+    let mut b = ContainerBuilder::new(cfg.id.clone(), SyscallType::default())
+        .with_root_path(&cfg.runtime_root)
+        .map_err(|e| error_chain(&e))?
+        .with_console_socket(console);
+    if let Some(io) = io {
+        b = b
+            .with_stdin(io.stdin)
+            .with_stdout(io.stdout)
+            .with_stderr(io.stderr);
+    }
+    b.as_init(&cfg.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| docker_message(&error_chain(&e), &first_arg(&spec)))
+}
+
+/// The process description of an exec, derived from the init's process.
+pub fn exec_process(spec: &Spec, p: &ExecParams) -> Result<Process> {
+    let mut proc = spec.process().clone().unwrap_or_default();
+    proc.set_args(Some(p.args.clone()));
+    proc.set_env(Some(p.env.clone()));
+    if !p.cwd.is_empty() {
+        proc.set_cwd(PathBuf::from(&p.cwd));
+    }
+    proc.set_terminal(Some(p.tty));
+    proc.set_console_size(None);
+    proc.set_oom_score_adj(None);
+    let user = proc.user_mut();
+    user.set_uid(p.uid);
+    user.set_gid(p.gid);
+    user.set_additional_gids(if p.additional_gids.is_empty() {
+        None
+    } else {
+        Some(p.additional_gids.clone())
+    });
+    if p.privileged {
+        let all: Capabilities =
+            serde_json::from_value(serde_json::json!(ALL_CAPS)).context("capability names")?;
+        let mut caps = LinuxCapabilities::default();
+        caps.set_bounding(Some(all.clone()))
+            .set_effective(Some(all.clone()))
+            .set_permitted(Some(all))
+            .set_inheritable(None)
+            .set_ambient(None);
+        proc.set_capabilities(Some(caps));
+    }
+    Ok(proc)
+}
+
+/// Runs an exec in the container; returns its host pid once it runs (libcontainer waits
+/// for the exec to succeed). `process_json` is a scratch path for the process description.
+pub fn exec(
+    cfg: &ShimConfig,
+    p: &ExecParams,
+    io: ChildIo,
+    console: Option<&Path>,
+    process_json: &Path,
+) -> Result<i32, String> {
+    let spec = load_spec(&cfg.bundle).map_err(|e| format!("{e:#}"))?;
+    let proc = exec_process(&spec, p).map_err(|e| format!("{e:#}"))?;
+    let data = serde_json::to_vec(&proc).map_err(|e| format!("encode process: {e}"))?;
+    std::fs::write(process_json, data)
+        .map_err(|e| format!("write {}: {e}", process_json.display()))?;
+    let arg0 = p.args.first().cloned().unwrap_or_default();
+    let res = ContainerBuilder::new(cfg.id.clone(), SyscallType::default())
+        .with_root_path(&cfg.runtime_root)
+        .map_err(|e| error_chain(&e))?
+        .with_console_socket(console)
+        .with_stdin(io.stdin)
+        .with_stdout(io.stdout)
+        .with_stderr(io.stderr)
+        .as_tenant()
+        .with_process(Some(process_json))
+        .with_detach(true)
+        .build();
+    let _ = std::fs::remove_file(process_json);
+    res.map(|pid| pid.as_raw())
+        .map_err(|e| docker_message(&error_chain(&e), &arg0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_keep_the_words_the_cli_looks_for() {
+        let m = docker_message("failed: executable 'nosuch' not found in $PATH", "nosuch");
+        assert!(
+            m.contains("exec: \"nosuch\": executable file not found in $PATH"),
+            "{m}"
+        );
+        assert_eq!(exec_failure_code(&m), 127);
+        let m = docker_message("chdir: ENOENT: No such file or directory", "sh");
+        assert!(m.contains("no such file or directory"), "{m}");
+        let m = docker_message(
+            "executable '/etc/passwd' at path '\"/etc/passwd\"' does not have correct permissions",
+            "/etc/passwd",
+        );
+        assert!(
+            m.ends_with("exec: \"/etc/passwd\": permission denied"),
+            "{m}"
+        );
+        assert_eq!(exec_failure_code(&m), 126);
+    }
+
+    #[test]
+    fn exec_process_overrides_the_init_process() -> Result<()> {
+        let spec = Spec::default();
+        let p = ExecParams {
+            args: vec!["sh".into(), "-c".into(), "id".into()],
+            env: vec!["A=1".into()],
+            cwd: "/tmp".into(),
+            uid: 5,
+            gid: 6,
+            additional_gids: vec![7],
+            tty: true,
+            privileged: true,
+            ..Default::default()
+        };
+        let proc = exec_process(&spec, &p)?;
+        assert_eq!(proc.args().as_deref(), Some(&p.args[..]));
+        assert_eq!(proc.env().as_deref(), Some(&p.env[..]));
+        assert_eq!(proc.cwd(), Path::new("/tmp"));
+        assert_eq!(proc.terminal(), Some(true));
+        assert_eq!((proc.user().uid(), proc.user().gid()), (5, 6));
+        let caps = proc.capabilities().clone().unwrap_or_default();
+        assert_eq!(
+            caps.bounding().as_ref().map(|c| c.len()),
+            Some(ALL_CAPS.len())
+        );
+        Ok(())
+    }
+}

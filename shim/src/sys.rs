@@ -1,0 +1,99 @@
+//! The few system calls the shim needs that have no safe wrapper: adopting fd 3, signal
+//! dispositions, `accept4`, reactor registration and the pty window size. Every `unsafe` block lives here.
+#![allow(unsafe_code)]
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::socket::{accept4, SockFlag};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// The readiness pipe's fd number (the daemon's convention).
+pub const READY_FD: RawFd = 3;
+
+/// Takes ownership of fd 3 if it is open, and marks it close-on-exec.
+pub fn take_ready_fd() -> Option<OwnedFd> {
+    fcntl(READY_FD, FcntlArg::F_GETFD).ok()?;
+    // SAFETY: fd 3 is open (F_GETFD succeeded) and nothing else in this process owns it: the
+    // daemon passes it to us by convention and we take it exactly once, at start-up.
+    let fd = unsafe { OwnedFd::from_raw_fd(READY_FD) };
+    let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    Some(fd)
+}
+
+/// Restores the default SIGPIPE disposition. Rust starts programs with SIGPIPE ignored, and
+/// an ignored signal stays ignored across `execve`: the container must not inherit that.
+pub fn default_sigpipe() -> io::Result<()> {
+    // SAFETY: installing SIG_DFL runs no handler code; it only changes the disposition.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }
+        .map(|_| ())
+        .map_err(io::Error::from)
+}
+
+/// Accepts one connection from a non-blocking listening socket (close-on-exec, non-blocking).
+pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
+    let fd = accept4(listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)?;
+    // SAFETY: accept4 just returned this new fd; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
+
+/// Sets a pty's window size (`TIOCSWINSZ`) on its master.
+pub fn set_winsize(master: RawFd, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: `ws` is a valid winsize that outlives the call; the kernel only reads it.
+    unsafe { tiocswinsz(master, &ws) }
+        .map(|_| ())
+        .map_err(io::Error::from)
+}
+
+/// Registers an owned fd with the tokio reactor.
+pub fn register(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd owns an open fd for its whole life and `as_raw_fd` always returns
+    // that same fd; the AsyncFd takes ownership of it.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
+}
+
+/// Puts an fd into non-blocking mode.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn winsize_round_trips_on_a_real_pty() -> anyhow::Result<()> {
+        let pty = nix::pty::openpty(None, None)?;
+        set_winsize(pty.master.as_raw_fd(), 40, 120)?;
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
+        // SAFETY: `ws` is a valid, writable winsize for the duration of the call.
+        unsafe { tiocgwinsz(pty.slave.as_raw_fd(), &mut ws) }?;
+        assert_eq!((ws.ws_row, ws.ws_col), (40, 120));
+        Ok(())
+    }
+
+    #[test]
+    fn nonblocking_flag_is_set() -> anyhow::Result<()> {
+        let (r, _w) = nix::unistd::pipe()?;
+        set_nonblocking(r.as_raw_fd())?;
+        let fl = OFlag::from_bits_truncate(fcntl(r.as_raw_fd(), FcntlArg::F_GETFL)?);
+        assert!(fl.contains(OFlag::O_NONBLOCK));
+        Ok(())
+    }
+}
