@@ -37,6 +37,14 @@ fn run_logs_exit_record_wait_and_ack() -> Result<()> {
     let mut wait = ctl.hand_over(&ShimRequest::Wait {
         condition: WaitCondition::NextExit,
     })?;
+    // Like `docker run` without -i: attach before start, half-close at once.
+    let mut att = ctl.hand_over(&ShimRequest::Attach(berth_api::shim::AttachParams {
+        stdout: true,
+        stderr: true,
+        stream: true,
+        ..Default::default()
+    }))?;
+    att.shutdown(std::net::Shutdown::Write)?;
     match ctl.call(&ShimRequest::State)? {
         ShimResponse::State(s) => {
             assert_eq!(s.status, ShimStatus::Created);
@@ -55,6 +63,9 @@ fn run_logs_exit_record_wait_and_ack() -> Result<()> {
     assert_eq!(on_disk, rec);
     let body = chunks(&read_all(&mut wait)?)?;
     assert_eq!(body, vec![b"{\"Error\":null,\"StatusCode\":3}\n".to_vec()]);
+    let fr = frames(&read_all(&mut att)?)?;
+    assert_eq!(stream_text(&fr, 1), "hi\n");
+    assert_eq!(stream_text(&fr, 2), "err\n");
 
     assert!(eventually(Duration::from_secs(5), || fx
         .log_text()
@@ -280,6 +291,16 @@ fn missing_executable_fails_ready_with_docker_wording() -> Result<()> {
         "{err}"
     );
     assert_ne!(fx.wait_shim_exit(Duration::from_secs(5))?, 0);
+
+    let fx = Fixture::start(
+        &["sh"],
+        Opts {
+            cwd: Some("/nonexistent".into()),
+            ..Default::default()
+        },
+    )?;
+    let err = fx.ready.error.clone().unwrap_or_default();
+    assert!(err.contains("no such file or directory"), "{err}");
     Ok(())
 }
 
@@ -310,5 +331,32 @@ fn hello_outside_the_supported_range_is_refused() -> Result<()> {
     let mut fx = fx;
     assert_eq!(fx.wait_shim_exit(Duration::from_secs(5))?, 0);
     assert!(!fx.cfg.exit_file.exists());
+    Ok(())
+}
+
+#[test]
+fn oom_kill_is_flagged_in_the_exit_record() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let fx = Fixture::start(
+        &["sh", "-c", "x=0123456789; while true; do x=$x$x; done"],
+        Opts {
+            memory_limit: Some(16 * 1024 * 1024),
+            ..Default::default()
+        },
+    )?;
+    let ctl = fx.connect()?;
+    let mut wait = ctl.hand_over(&ShimRequest::Wait {
+        condition: WaitCondition::NextExit,
+    })?;
+    assert_eq!(ctl.call(&ShimRequest::Start)?, ShimResponse::Ok);
+    assert_eq!(
+        chunks(&read_all(&mut wait)?)?,
+        vec![b"{\"Error\":null,\"StatusCode\":137}\n".to_vec()]
+    );
+    let rec: berth_api::shim::ExitRecord =
+        serde_json::from_slice(&std::fs::read(&fx.cfg.exit_file)?)?;
+    assert!(rec.oom_killed, "{rec:?}");
     Ok(())
 }

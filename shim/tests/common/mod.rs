@@ -35,6 +35,8 @@ pub struct Opts {
     pub max_size: Option<u64>,
     pub max_file: u32,
     pub no_log: bool,
+    pub memory_limit: Option<i64>,
+    pub cwd: Option<String>,
 }
 
 /// One container under a shim, cleaned up on drop.
@@ -84,9 +86,19 @@ impl Fixture {
         if let Some(p) = spec.process_mut() {
             p.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
             p.set_terminal(Some(opts.tty));
+            if let Some(cwd) = &opts.cwd {
+                p.set_cwd(PathBuf::from(cwd));
+            }
         }
         if let Some(l) = spec.linux_mut() {
             l.set_cgroups_path(Some(PathBuf::from(format!("/{cgroup_parent}/{id}"))));
+            if let Some(limit) = opts.memory_limit {
+                let mut res = l.resources().clone().unwrap_or_default();
+                let mut mem = res.memory().clone().unwrap_or_default();
+                mem.set_limit(Some(limit));
+                res.set_memory(Some(mem));
+                l.set_resources(Some(res));
+            }
             let ns = l.namespaces().clone().unwrap_or_default();
             l.set_namespaces(Some(
                 ns.into_iter()
