@@ -94,7 +94,7 @@ impl Fixture {
             l.set_cgroups_path(Some(PathBuf::from(format!("/{cgroup_parent}/{id}"))));
             if let Some(limit) = opts.memory_limit {
                 let mut res = l.resources().clone().unwrap_or_default();
-                let mut mem = res.memory().clone().unwrap_or_default();
+                let mut mem = (*res.memory()).unwrap_or_default();
                 mem.set_limit(Some(limit));
                 res.set_memory(Some(mem));
                 l.set_resources(Some(res));
