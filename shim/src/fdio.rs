@@ -23,6 +23,9 @@ impl FdIo {
     /// Reads some bytes; `Ok(0)` at end of stream (a pty master's `EIO` after the last slave
     /// closed counts as end of stream).
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // A ready fd never makes `readable()` wait: spend the task's budget so a busy
+        // stream cannot starve the other tasks of this single thread.
+        tokio::task::consume_budget().await;
         loop {
             let mut guard = self.inner.readable().await?;
             let res = guard.try_io(|fd| {
@@ -40,6 +43,7 @@ impl FdIo {
 
     /// Writes all of `data`.
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        tokio::task::consume_budget().await;
         while !data.is_empty() {
             let mut guard = self.inner.writable().await?;
             let res =

@@ -89,10 +89,18 @@ fn init_tracing(cfg: &ShimConfig) {
         .append(true)
         .open(&cfg.shim_log);
     let Ok(file) = file else { return };
-    let _ = tracing_subscriber::fmt()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // libcgroups warns about every controller the host lacks, on each cgroup access.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("libcgroups", tracing::Level::ERROR);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::sync::Mutex::new(file))
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
         .try_init();
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(%info, "panic");

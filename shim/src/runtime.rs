@@ -90,11 +90,54 @@ pub fn docker_message(chain: &str, arg0: &str) -> String {
 
 /// Exit code Docker records for an exec that could not start.
 pub fn exec_failure_code(message: &str) -> i32 {
-    if message.contains("executable file not found") || message.contains("no such file") {
+    if message.contains("executable file not found") {
         127
     } else {
         126
     }
+}
+
+/// libcontainer reports a failed `chdir` as a bare "failed to unix syscall" (the errno stays
+/// in the container's init). After a failure, look at the cwd in the rootfs ourselves and
+/// word it as runc does; `None` when the cwd looks fine or lies under a mount.
+pub fn diagnose_cwd(spec: &Spec, bundle: &Path, cwd: &Path) -> Option<String> {
+    let root = spec.root().as_ref()?.path();
+    let root = if root.is_absolute() {
+        root.clone()
+    } else {
+        bundle.join(root)
+    };
+    let rel = cwd.strip_prefix("/").ok()?;
+    if rel.as_os_str().is_empty() {
+        return None;
+    }
+    let under_mount = spec.mounts().as_ref().is_some_and(|ms| {
+        ms.iter()
+            .any(|m| m.destination() != Path::new("/") && cwd.starts_with(m.destination()))
+    });
+    if under_mount {
+        return None;
+    }
+    let what = match std::fs::metadata(root.join(rel)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "no such file or directory",
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => "permission denied",
+        Ok(m) if !m.is_dir() => "not a directory",
+        _ => return None,
+    };
+    Some(format!(
+        "error during container init: error changing to cwd: chdir to cwd ({:?}) set in config.json failed: {what}",
+        cwd.display().to_string()
+    ))
+}
+
+/// The message for a failed create/exec: the cwd diagnosis when libcontainer lost the errno.
+fn failure(chain: String, spec: &Spec, bundle: &Path, cwd: &Path, arg0: &str) -> String {
+    if chain.contains("failed to unix syscall") {
+        if let Some(d) = diagnose_cwd(spec, bundle, cwd) {
+            return format!("unable to start container process: {d}");
+        }
+    }
+    docker_message(&chain, arg0)
 }
 
 /// The OCI spec of the bundle.
@@ -161,14 +204,23 @@ pub fn create_init(
         .with_systemd(false)
         .with_detach(true)
         .build()
-        .map_err(|e| docker_message(&error_chain(&e), &first_arg(&spec)))
+        .map_err(|e| {
+            let cwd = spec
+                .process()
+                .as_ref()
+                .map(|p| p.cwd().clone())
+                .unwrap_or_default();
+            failure(error_chain(&e), &spec, &cfg.bundle, &cwd, &first_arg(&spec))
+        })
 }
 
 /// The process description of an exec, derived from the init's process.
 pub fn exec_process(spec: &Spec, p: &ExecParams) -> Result<Process> {
     let mut proc = spec.process().clone().unwrap_or_default();
     proc.set_args(Some(p.args.clone()));
-    proc.set_env(Some(p.env.clone()));
+    if !p.env.is_empty() {
+        proc.set_env(Some(p.env.clone()));
+    }
     if !p.cwd.is_empty() {
         proc.set_cwd(PathBuf::from(&p.cwd));
     }
@@ -225,7 +277,7 @@ pub fn exec(
         .build();
     let _ = std::fs::remove_file(process_json);
     res.map(|pid| pid.as_raw())
-        .map_err(|e| docker_message(&error_chain(&e), &arg0))
+        .map_err(|e| failure(error_chain(&e), &spec, &cfg.bundle, proc.cwd(), &arg0))
 }
 
 #[cfg(test)]
@@ -251,6 +303,30 @@ mod tests {
             "{m}"
         );
         assert_eq!(exec_failure_code(&m), 126);
+    }
+
+    #[test]
+    fn missing_cwd_is_diagnosed_in_the_rootfs() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("rootfs/srv"))?;
+        std::fs::write(dir.path().join("rootfs/file"), "")?;
+        let mut spec = Spec::default();
+        spec.set_mounts(None);
+        let d = diagnose_cwd(&spec, dir.path(), Path::new("/nope"));
+        assert!(d.is_some_and(|d| d.ends_with("failed: no such file or directory")));
+        let d = diagnose_cwd(&spec, dir.path(), Path::new("/file"));
+        assert!(d.is_some_and(|d| d.ends_with("not a directory")));
+        assert_eq!(diagnose_cwd(&spec, dir.path(), Path::new("/srv")), None);
+        let m = failure(
+            "x: failed to unix syscall".into(),
+            &spec,
+            dir.path(),
+            Path::new("/nope"),
+            "sh",
+        );
+        assert!(m.contains("chdir to cwd (\"/nope\")"), "{m}");
+        assert_eq!(exec_failure_code(&m), 126);
+        Ok(())
     }
 
     #[test]

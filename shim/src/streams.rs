@@ -94,7 +94,7 @@ pub async fn serve_logs(shim: Rc<Shim>, fd: OwnedFd, p: LogsParams) -> io::Resul
         });
         if let Some(until) = p.until_ns {
             let o = outbox.clone();
-            let wait = Duration::from_nanos(u64::try_from(until - now).unwrap_or(0));
+            let wait = Duration::from_nanos(u64::try_from(until.saturating_sub(now)).unwrap_or(0));
             timer = Some(tokio::task::spawn_local(async move {
                 tokio::time::sleep(wait).await;
                 o.finish();
