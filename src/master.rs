@@ -7,7 +7,7 @@
 
 use crate::error::{ApiError, ApiResult};
 use berth_api::shim::ShimReady;
-use std::io::Read;
+use std::io::BufRead;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -65,12 +65,15 @@ fn spawn_blocking(binary: &Path, config: &Path) -> ApiResult<i32> {
         .map_err(|e| ApiError::internal(&format!("start {}", binary.display()), e))?;
     drop(wr);
     let _ = child.wait();
-    // Read the readiness report; the shim closes fd 3 after writing it.
-    let mut file = std::fs::File::from(rd);
+    // Read the one-line readiness report. Do not wait for end of file: the container's
+    // init is a clone of the shim and holds a copy of fd 3 until it execs at start.
+    let file = std::fs::File::from(rd);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let r = file.read_to_end(&mut buf).map(|_| buf);
+        let mut line = Vec::new();
+        let r = std::io::BufReader::new(file)
+            .read_until(b'\n', &mut line)
+            .map(|_| line);
         let _ = tx.send(r);
     });
     let buf = rx
