@@ -112,11 +112,8 @@ impl Containers {
                 Pending::Attach(params, fd) => {
                     shim.call(ShimRequest::Attach(params), Some(fd)).await
                 }
-                Pending::Wait(cond, fd) => {
-                    let condition = match cond {
-                        WaitCondition::NextExit => WaitCondition::NotRunning,
-                        c => c,
-                    };
+                // Before Start the shim's "next exit" is the exit of the run it is about to start.
+                Pending::Wait(condition, fd) => {
                     shim.call(ShimRequest::Wait { condition }, Some(fd)).await
                 }
             };

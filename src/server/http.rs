@@ -290,6 +290,7 @@ pub async fn serve_conn<H: Handler + ?Sized>(mut stream: UnixStream, handler: &H
                 if write_full(&mut stream, parts, keep_alive, is_head)
                     .await
                     .is_err()
+                    || !keep_alive
                 {
                     return;
                 }
