@@ -14,7 +14,13 @@ DOCKER_SOCK=$W/docker.sock
 export DOCKER_CONFIG=$W/dc
 
 if ! command -v dockerd >/dev/null; then
+  # Install without letting the package start a system dockerd (it would rewrite iptables).
+  had_policy=0; [ -e /usr/sbin/policy-rc.d ] && had_policy=1
+  [ $had_policy = 1 ] || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+  [ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d
+  pkill -x dockerd 2>/dev/null || true
 fi
 nft list ruleset > "$W/ruleset.nft"
 iptables-save > "$W/iptables.save" 2>/dev/null || true

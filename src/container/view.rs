@@ -248,10 +248,16 @@ impl Containers {
                     .join(":")
             })
             .unwrap_or_default();
-        let execs = if rec.exec_ids.is_empty() {
+        // Like dockerd, only execs that have not finished are listed.
+        let running: Vec<&String> = rec
+            .exec_ids
+            .iter()
+            .filter(|e| self.execs.get(e).map(|x| x.running).unwrap_or(false))
+            .collect();
+        let execs = if running.is_empty() {
             Value::Null
         } else {
-            json!(rec.exec_ids)
+            json!(running)
         };
         Ok(json!({
             "Id": rec.id, "Created": rfc3339_nano(rec.created_ns), "Path": path, "Args": args,
