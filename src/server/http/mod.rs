@@ -8,10 +8,13 @@
 //! `logs` never send. Here the connection loop owns the raw `UnixStream` plus the bytes it
 //! has read ahead, and a handler can take both ([`Response::Takeover`]).
 
+mod body;
+
+use body::{fill, read_chunked, read_sized};
 use bytes::{Buf, BytesMut};
 use std::collections::HashMap;
 use std::io::Write as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 /// Largest request head we accept.
@@ -420,11 +423,6 @@ async fn write_full(
     stream.flush().await
 }
 
-async fn fill(stream: &mut UnixStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    buf.reserve(8192);
-    stream.read_buf(buf).await
-}
-
 async fn read_request(stream: &mut UnixStream, buf: &mut BytesMut) -> ReadOutcome {
     // Read the head.
     let (head_len, method, target, headers, http10) = loop {
@@ -505,126 +503,6 @@ async fn read_request(stream: &mut UnixStream, buf: &mut BytesMut) -> ReadOutcom
     )
 }
 
-/// Accumulates body bytes in memory, switching to a temp file past [`MEM_BODY`].
-struct Sink {
-    mem: Vec<u8>,
-    file: Option<std::fs::File>,
-}
-
-impl Sink {
-    fn new() -> Self {
-        Sink {
-            mem: Vec::new(),
-            file: None,
-        }
-    }
-    fn push(&mut self, data: &[u8]) -> std::io::Result<()> {
-        if let Some(f) = &mut self.file {
-            return f.write_all(data);
-        }
-        self.mem.extend_from_slice(data);
-        if self.mem.len() > MEM_BODY {
-            let mut f = tempfile::tempfile()?;
-            f.write_all(&self.mem)?;
-            self.mem = Vec::new();
-            self.file = Some(f);
-        }
-        Ok(())
-    }
-    fn finish(self) -> Body {
-        match self.file {
-            Some(f) => Body::File(f),
-            None => Body::Mem(self.mem),
-        }
-    }
-}
-
-async fn read_sized(
-    stream: &mut UnixStream,
-    buf: &mut BytesMut,
-    len: usize,
-) -> std::io::Result<Body> {
-    let mut sink = Sink::new();
-    let mut left = len;
-    while left > 0 {
-        if buf.is_empty() && fill(stream, buf).await? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "body cut short",
-            ));
-        }
-        let n = left.min(buf.len());
-        sink.push(&buf[..n])?;
-        buf.advance(n);
-        left -= n;
-    }
-    Ok(sink.finish())
-}
-
-async fn read_line(stream: &mut UnixStream, buf: &mut BytesMut) -> std::io::Result<String> {
-    loop {
-        if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
-            let line = String::from_utf8_lossy(&buf[..pos]).into_owned();
-            buf.advance(pos + 2);
-            return Ok(line);
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "chunk line too long",
-            ));
-        }
-        if fill(stream, buf).await? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "body cut short",
-            ));
-        }
-    }
-}
-
-async fn read_chunked(stream: &mut UnixStream, buf: &mut BytesMut) -> std::io::Result<Body> {
-    let mut sink = Sink::new();
-    loop {
-        let line = read_line(stream, buf).await?;
-        let size_str = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_str, 16).map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("bad chunk size {size_str:?}"),
-            )
-        })?;
-        if size == 0 {
-            // Trailers until an empty line.
-            loop {
-                if read_line(stream, buf).await?.is_empty() {
-                    return Ok(sink.finish());
-                }
-            }
-        }
-        let mut left = size;
-        while left > 0 {
-            if buf.is_empty() && fill(stream, buf).await? == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "body cut short",
-                ));
-            }
-            let n = left.min(buf.len());
-            sink.push(&buf[..n])?;
-            buf.advance(n);
-            left -= n;
-        }
-        let crlf = read_line(stream, buf).await?;
-        if !crlf.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "missing CRLF after chunk",
-            ));
-        }
-    }
-}
-
 /// Splits a request target into (path without version prefix, version, query).
 pub fn split_target(target: &str) -> (String, Option<String>, HashMap<String, Vec<String>>) {
     let (raw_path, raw_query) = match target.split_once('?') {
@@ -658,60 +536,4 @@ pub fn split_target(target: &str) -> (String, Option<String>, HashMap<String, Ve
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_lose_the_version_prefix_and_decode_queries() {
-        let (p, v, q) = split_target("/v1.41/containers/json?all=1&filters=%7B%22name%22%3A%7B%22a%22%3Atrue%7D%7D&x=a+b&x=c");
-        assert_eq!(p, "/containers/json");
-        assert_eq!(v.as_deref(), Some("1.41"));
-        assert_eq!(q["all"], vec!["1"]);
-        assert_eq!(q["filters"], vec![r#"{"name":{"a":true}}"#]);
-        assert_eq!(q["x"], vec!["a b", "c"]);
-        let (p, v, _) = split_target("/_ping");
-        assert_eq!((p.as_str(), v), ("/_ping", None));
-        let (p, _, _) = split_target("/images/127.0.0.1%3A5000%2Fa/json");
-        assert_eq!(p, "/images/127.0.0.1:5000/a/json");
-    }
-
-    #[test]
-    fn chunks_are_hex_sized() {
-        assert_eq!(chunk(b"hello"), b"5\r\nhello\r\n");
-        assert_eq!(chunk(&[0u8; 26])[..4], *b"1a\r\n");
-    }
-
-    struct Echo;
-    impl Handler for Echo {
-        fn handle(&self, req: Request) -> futures::future::BoxFuture<'_, Response> {
-            Box::pin(async move {
-                let body = req.body.bytes().unwrap_or_default();
-                Response::json(
-                    200,
-                    &serde_json::json!({"path": req.path, "len": body.len()}),
-                )
-            })
-        }
-    }
-
-    #[tokio::test]
-    async fn keep_alive_and_chunked_bodies_work_on_one_connection() -> anyhow::Result<()> {
-        let (a, mut b) = UnixStream::pair()?;
-        let server = tokio::spawn(async move { serve_conn(a, &Echo).await });
-        b.write_all(b"POST /v1.41/a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\n2\r\nab\r\n0\r\n\r\n").await?;
-        let mut got = Vec::new();
-        let mut tmp = [0u8; 4096];
-        while String::from_utf8_lossy(&got).matches("\"len\"").count() != 2 {
-            let n = b.read(&mut tmp).await?;
-            anyhow::ensure!(n > 0, "server closed early");
-            got.extend_from_slice(&tmp[..n]);
-        }
-        let text = String::from_utf8_lossy(&got);
-        assert!(text.contains(r#"{"path":"/a","len":3}"#), "{text}");
-        assert!(text.contains(r#"{"path":"/b","len":6}"#), "{text}");
-        assert!(text.contains("Api-Version: 1.41"));
-        drop(b);
-        server.await?;
-        Ok(())
-    }
-}
+mod tests;
