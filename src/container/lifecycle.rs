@@ -176,10 +176,13 @@ impl Containers {
                 return;
             }
         };
+        // dockerd emits one `oom` per OOM kill: remember the live one so the exit does not
+        // announce it again.
+        let mut oom_announced = false;
         while let Some(ev) = sub.next().await {
             match ev {
                 ShimEvent::Exit(x) => {
-                    self.handle_exit(&id, &x).await;
+                    self.record_exit(&id, &x, oom_announced).await;
                     if let Err(e) = sub.send(&ShimRequest::AckExit { pid: x.pid }) {
                         tracing::warn!(%id, error = %e, "acknowledge exit");
                     }
@@ -188,15 +191,16 @@ impl Containers {
                 ShimEvent::Oom => {
                     if let Ok(rec) = self.lookup(&id) {
                         self.event(&rec, "oom", &[]);
+                        oom_announced = true;
                     }
                 }
                 ShimEvent::ExecExit { exec_id, code } => {
                     self.execs.finished(&exec_id, code);
                     if let Ok(rec) = self.lookup(&id) {
-                        let cmd = self.execs.command_line(&exec_id);
+                        // Unlike exec_create/exec_start, dockerd's exec_die carries no command.
                         self.event(
                             &rec,
-                            &format!("exec_die: {cmd}"),
+                            "exec_die",
                             &[("execID", exec_id.clone()), ("exitCode", code.to_string())],
                         );
                     }
@@ -232,6 +236,11 @@ impl Containers {
     /// Records an exit (idempotent), emits events, then applies auto-remove or the
     /// restart policy.
     pub(crate) async fn handle_exit(self: &Arc<Self>, id: &str, x: &ExitRecord) {
+        self.record_exit(id, x, false).await;
+    }
+
+    /// [`Self::handle_exit`], told whether the shim's live `oom` event was already published.
+    async fn record_exit(self: &Arc<Self>, id: &str, x: &ExitRecord, oom_announced: bool) {
         let Ok(before) = self.lookup(id) else { return };
         if !before.state.status.is_live() && before.state.finished_at_ns == x.finished_at_ns {
             return;
@@ -245,7 +254,7 @@ impl Containers {
                 return;
             }
         };
-        if x.oom_killed {
+        if x.oom_killed && !oom_announced {
             self.event(&rec, "oom", &[]);
         }
         self.event(&rec, "die", &[("exitCode", x.code.to_string())]);
