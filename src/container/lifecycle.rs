@@ -226,11 +226,20 @@ impl Containers {
             tracing::error!(%id, pid, "shim is gone but the container runs; it is no longer monitored");
             return;
         }
+        self.release_endpoint(id).await;
         let _ = self.update(id, |r| {
             r.state.exited(255, false, now_ns());
             r.state.error = "shim exited without an exit record: exit status unknown".into();
         });
         self.notify_exit(id);
+    }
+
+    /// Like dockerd on an exit: the stopped container leaves its network (veth and netns
+    /// go, the address lease stays so the next start gets the same IP).
+    async fn release_endpoint(&self, id: &str) {
+        if let Err(e) = self.net.detach(id).await {
+            tracing::warn!(%id, error = %e, "release the network of a stopped container");
+        }
     }
 
     /// Records an exit (idempotent), emits events, then applies auto-remove or the
@@ -245,6 +254,9 @@ impl Containers {
         if !before.state.status.is_live() && before.state.finished_at_ns == x.finished_at_ns {
             return;
         }
+        // Done while the record still says "running", so that no start can slip in
+        // between and lose its fresh network.
+        self.release_endpoint(id).await;
         let rec = match self.update(id, |r| {
             r.state.exited(x.code, x.oom_killed, x.finished_at_ns)
         }) {
