@@ -166,6 +166,9 @@ fn default_bridge_addresses_inspect_and_reachability() {
     assert_eq!(bridge_ports(&d), 3);
 }
 
+/// A TCP socket seen by `ss`: state and peer address.
+type Conn = (String, String);
+
 /// A network namespace standing for "the outside": a veth from the host with a /30 and no
 /// route back to the container subnet. Removed on drop.
 struct Outside {
@@ -332,43 +335,56 @@ fn addresses_survive_daemon_kill9_and_outbound_is_masqueraded() {
             .output()
             .expect("nc -l")
     });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let sent = loop {
-        let script = format!("echo hello-out | nc -w 2 {} 9999", out.peer_ip);
-        if d.docker(&["exec", "na", "sh", "-c", &script])
-            .status
-            .success()
-        {
-            break true;
-        }
-        if Instant::now() > deadline || listener.is_finished() {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    // The connections (or the listener) on port 9999 seen from the outside, with their
+    // peer addresses (`[::ffff:198.18.1.1]:40000` → `198.18.1.1`).
+    let conns = || -> Vec<Conn> {
+        let socks = String::from_utf8_lossy(&out.run(&["ss", "-tanH"]).stdout).into_owned();
+        socks
+            .lines()
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                (cols.len() >= 5 && cols[3].ends_with(":9999"))
+                    .then(|| (cols[0].to_string(), cols[4].to_string()))
+            })
+            .map(|(state, p)| {
+                let host = p.rsplit_once(':').map_or(p.as_str(), |(h, _)| h);
+                let host = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .trim_start_matches("::ffff:");
+                (state, host.to_string())
+            })
+            .collect()
     };
-    assert!(sent, "the container could not reach the outside");
-    let got = listener.join().expect("listener");
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello-out");
-    let socks = String::from_utf8_lossy(&out.run(&["ss", "-tan"]).stdout).into_owned();
-    // Peer column (5th) of the connections to port 9999, e.g. `[::ffff:198.18.1.1]:40000`.
-    let peers: Vec<String> = socks
-        .lines()
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.len() >= 5 && cols[3].ends_with(":9999")).then(|| cols[4].to_string())
-        })
-        .map(|p| {
-            let host = p.rsplit_once(':').map_or(p.as_str(), |(h, _)| h);
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .trim_start_matches("::ffff:")
-                .to_string()
-        })
+    let wait_until = |what: &str, ok: &dyn Fn(&[Conn]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let c = conns();
+            if ok(&c) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "{what}: {c:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_until("listener not up", &|c| c.iter().any(|(s, _)| s == "LISTEN"));
+    // The client keeps the connection open for a while, so it can be looked at.
+    let script = format!("(echo hello-out; sleep 2) | nc {} 9999", out.peer_ip);
+    d.ok(&["exec", "-d", "na", "sh", "-c", &script]);
+    // ESTAB, or TIME-WAIT once the listener (stdin at EOF) has closed its side.
+    let seen = wait_until("no connection from the container", &|c| {
+        c.iter().any(|(s, _)| s != "LISTEN")
+    });
+    let peers: Vec<&String> = seen
+        .iter()
+        .filter(|(s, _)| s != "LISTEN")
+        .map(|(_, p)| p)
         .collect();
-    assert!(!peers.is_empty(), "no connection seen: {socks}");
     assert!(
-        peers.iter().all(|p| *p == out.host_ip),
+        peers.iter().all(|p| **p == out.host_ip),
         "peer not masqueraded to {}: {peers:?}",
         out.host_ip
     );
+    let got = listener.join().expect("listener");
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello-out");
 }

@@ -226,20 +226,37 @@ impl Containers {
             tracing::error!(%id, pid, "shim is gone but the container runs; it is no longer monitored");
             return;
         }
-        self.release_endpoint(id).await;
         let _ = self.update(id, |r| {
             r.state.exited(255, false, now_ns());
             r.state.error = "shim exited without an exit record: exit status unknown".into();
         });
         self.notify_exit(id);
+        self.release_endpoint_soon(id);
     }
 
     /// Like dockerd on an exit: the stopped container leaves its network (veth and netns
-    /// go, the address lease stays so the next start gets the same IP).
+    /// go, the address lease stays so the next start gets the same IP). Call with the
+    /// container's op lock held and the container not running.
     async fn release_endpoint(&self, id: &str) {
         if let Err(e) = self.net.detach(id).await {
             tracing::warn!(%id, error = %e, "release the network of a stopped container");
         }
+    }
+
+    /// [`Self::release_endpoint`] for an exit seen by the monitor: done under the op lock
+    /// (after a stop or restart that holds it now), and only if no start came first.
+    fn release_endpoint_soon(self: &Arc<Self>, id: &str) {
+        let me = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let _g = me.lock(&id).await;
+            match me.lookup(&id) {
+                Ok(r) if !r.state.status.is_live() && r.state.status != Status::Restarting => {
+                    me.release_endpoint(&id).await
+                }
+                _ => {}
+            }
+        });
     }
 
     /// Records an exit (idempotent), emits events, then applies auto-remove or the
@@ -254,9 +271,6 @@ impl Containers {
         if !before.state.status.is_live() && before.state.finished_at_ns == x.finished_at_ns {
             return;
         }
-        // Done while the record still says "running", so that no start can slip in
-        // between and lose its fresh network.
-        self.release_endpoint(id).await;
         let rec = match self.update(id, |r| {
             r.state.exited(x.code, x.oom_killed, x.finished_at_ns)
         }) {
@@ -271,6 +285,7 @@ impl Containers {
         }
         self.event(&rec, "die", &[("exitCode", x.code.to_string())]);
         self.notify_exit(id);
+        self.release_endpoint_soon(id);
         if rec.host_config.auto_remove == Some(true) {
             let me = self.clone();
             let id = id.to_string();
@@ -379,6 +394,9 @@ impl Containers {
                 )));
             }
         }
+        // Out of the network before `docker stop` returns (the monitor's release waits
+        // for the lock we hold, then finds nothing left to do).
+        self.release_endpoint(id).await;
         self.event(&rec, "stop", &[]);
         Ok(())
     }
