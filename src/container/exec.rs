@@ -74,15 +74,6 @@ impl Execs {
         }
     }
 
-    /// `cmd args…` for event actions.
-    pub fn command_line(&self, id: &str) -> String {
-        self.map()
-            .get(id)
-            .and_then(|r| r.config.cmd.clone())
-            .unwrap_or_default()
-            .join(" ")
-    }
-
     /// Drops every exec of a removed container.
     pub fn forget_container(&self, container_id: &str) {
         let ids: Vec<String> = self
@@ -95,6 +86,15 @@ impl Execs {
             let _ = self.table.remove(&id);
             self.map().remove(&id);
         }
+    }
+}
+
+/// The command as dockerd puts it in `exec_create: …`/`exec_start: …` actions: the
+/// entrypoint, a space, then the arguments joined by spaces (so `ls` alone gives `ls `).
+pub fn event_command(cmd: &[String]) -> String {
+    match cmd.split_first() {
+        Some((entry, args)) => format!("{entry} {}", args.join(" ")),
+        None => String::new(),
     }
 }
 
@@ -121,7 +121,7 @@ impl Containers {
             return Err(ApiError::BadRequest("No exec command specified".into()));
         }
         let id = super::new_id();
-        let cmd = cfg.cmd.clone().unwrap_or_default().join(" ");
+        let cmd = event_command(cfg.cmd.as_deref().unwrap_or_default());
         self.execs.put(ExecRecord {
             id: id.clone(),
             container_id: rec.id.clone(),
@@ -209,7 +209,7 @@ impl Containers {
         started.started = true;
         started.running = true;
         self.execs.put(started);
-        let cmd = ex.config.cmd.clone().unwrap_or_default().join(" ");
+        let cmd = event_command(ex.config.cmd.as_deref().unwrap_or_default());
         self.event(
             &rec,
             &format!("exec_start: {cmd}"),

@@ -176,10 +176,13 @@ impl Containers {
                 return;
             }
         };
+        // dockerd emits one `oom` per OOM kill: remember the live one so the exit does not
+        // announce it again.
+        let mut oom_announced = false;
         while let Some(ev) = sub.next().await {
             match ev {
                 ShimEvent::Exit(x) => {
-                    self.handle_exit(&id, &x).await;
+                    self.record_exit(&id, &x, oom_announced).await;
                     if let Err(e) = sub.send(&ShimRequest::AckExit { pid: x.pid }) {
                         tracing::warn!(%id, error = %e, "acknowledge exit");
                     }
@@ -188,15 +191,16 @@ impl Containers {
                 ShimEvent::Oom => {
                     if let Ok(rec) = self.lookup(&id) {
                         self.event(&rec, "oom", &[]);
+                        oom_announced = true;
                     }
                 }
                 ShimEvent::ExecExit { exec_id, code } => {
                     self.execs.finished(&exec_id, code);
                     if let Ok(rec) = self.lookup(&id) {
-                        let cmd = self.execs.command_line(&exec_id);
+                        // Unlike exec_create/exec_start, dockerd's exec_die carries no command.
                         self.event(
                             &rec,
-                            &format!("exec_die: {cmd}"),
+                            "exec_die",
                             &[("execID", exec_id.clone()), ("exitCode", code.to_string())],
                         );
                     }
@@ -227,11 +231,42 @@ impl Containers {
             r.state.error = "shim exited without an exit record: exit status unknown".into();
         });
         self.notify_exit(id);
+        self.release_endpoint_soon(id);
+    }
+
+    /// Like dockerd on an exit: the stopped container leaves its network (veth and netns
+    /// go, the address lease stays so the next start gets the same IP). Call with the
+    /// container's op lock held and the container not running.
+    async fn release_endpoint(&self, id: &str) {
+        if let Err(e) = self.net.detach(id).await {
+            tracing::warn!(%id, error = %e, "release the network of a stopped container");
+        }
+    }
+
+    /// [`Self::release_endpoint`] for an exit seen by the monitor: done under the op lock
+    /// (after a stop or restart that holds it now), and only if no start came first.
+    fn release_endpoint_soon(self: &Arc<Self>, id: &str) {
+        let me = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let _g = me.lock(&id).await;
+            match me.lookup(&id) {
+                Ok(r) if !r.state.status.is_live() && r.state.status != Status::Restarting => {
+                    me.release_endpoint(&id).await
+                }
+                _ => {}
+            }
+        });
     }
 
     /// Records an exit (idempotent), emits events, then applies auto-remove or the
     /// restart policy.
     pub(crate) async fn handle_exit(self: &Arc<Self>, id: &str, x: &ExitRecord) {
+        self.record_exit(id, x, false).await;
+    }
+
+    /// [`Self::handle_exit`], told whether the shim's live `oom` event was already published.
+    async fn record_exit(self: &Arc<Self>, id: &str, x: &ExitRecord, oom_announced: bool) {
         let Ok(before) = self.lookup(id) else { return };
         if !before.state.status.is_live() && before.state.finished_at_ns == x.finished_at_ns {
             return;
@@ -245,11 +280,12 @@ impl Containers {
                 return;
             }
         };
-        if x.oom_killed {
+        if x.oom_killed && !oom_announced {
             self.event(&rec, "oom", &[]);
         }
         self.event(&rec, "die", &[("exitCode", x.code.to_string())]);
         self.notify_exit(id);
+        self.release_endpoint_soon(id);
         if rec.host_config.auto_remove == Some(true) {
             let me = self.clone();
             let id = id.to_string();
@@ -358,6 +394,9 @@ impl Containers {
                 )));
             }
         }
+        // Out of the network before `docker stop` returns (the monitor's release waits
+        // for the lock we hold, then finds nothing left to do).
+        self.release_endpoint(id).await;
         self.event(&rec, "stop", &[]);
         Ok(())
     }

@@ -133,6 +133,7 @@ impl Containers {
                 rec.id
             )));
         }
+        self.event(&rec, "attach", &[]);
         let me = self.clone();
         let id = rec.id;
         Ok(Response::Takeover {

@@ -91,6 +91,7 @@ impl Containers {
         }
         let pids = cgroup_pids(&self.paths.cgroup_path(&rec.id));
         let (titles, rows) = filter_ps(&String::from_utf8_lossy(&out.stdout), &pids)?;
+        self.event(&rec, "top", &[]);
         Ok(serde_json::json!({"Titles": titles, "Processes": rows}))
     }
 
@@ -116,6 +117,11 @@ impl Containers {
                 None,
             )
             .await?;
+        self.event(
+            &rec,
+            "resize",
+            &[("height", h.to_string()), ("width", w.to_string())],
+        );
         Ok(())
     }
 }

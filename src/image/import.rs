@@ -60,13 +60,13 @@ impl ImageStore {
         };
         let bytes = serde_json::to_vec(&file)?;
         let (id, _) = self.commit_image(&bytes, std::slice::from_ref(&layer.chain_id))?;
-        self.event("import", &id, &id);
+        // dockerd tags first (a `tag` event, and no `untag` for an image the name is taken
+        // from), then announces the import.
         if let Some(r) = reference {
-            if let Some(old) = self.set_ref(&r, &id)? {
-                self.event("untag", &old, &old);
-            }
+            self.set_ref(&r, &id)?;
             self.event("tag", &id, &r.familiar());
         }
+        self.event("import", &id, &id);
         Ok(id)
     }
 }

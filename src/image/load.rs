@@ -7,7 +7,7 @@ use super::blobs::{digest_of, hex_of};
 use super::config::ImageConfigFile;
 use super::extract::{clean, extract, Mode};
 use super::layers::chain_id;
-use super::reference::{familiar, Reference};
+use super::reference::Reference;
 use super::{host_arch, ImageStore};
 use crate::error::{ApiError, ApiResult};
 use serde::Deserialize;
@@ -308,7 +308,6 @@ impl ImageStore {
             parent = Some(chain);
         }
         let (id, _) = self.commit_image(config, &chains)?;
-        self.event("load", &id, &id);
         Ok(id)
     }
 
@@ -328,11 +327,11 @@ impl ImageStore {
                     "The image {} already exists, renaming the old one with ID {old} to empty string\n",
                     r.familiar()
                 ));
-                self.event("untag", &old, &old);
             }
-            self.event("tag", id, &familiar(&r.key()));
             progress(format!("Loaded image: {}\n", r.familiar()));
         }
+        // Like dockerd: the tags are set silently (no tag/untag events), then one `load`.
+        self.event("load", id, id);
         Ok(())
     }
 }

@@ -167,8 +167,15 @@ impl ImageStore {
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Publishes an image event like dockerd: the image's config labels (while it still
+    /// exists) plus `name`.
     fn event(&self, action: &str, id: &str, name: &str) {
-        let mut attrs = BTreeMap::new();
+        let mut attrs: BTreeMap<String, String> = self
+            .meta(id)
+            .and_then(|m| self.record_of(m))
+            .ok()
+            .and_then(|r| r.config.config.and_then(|c| c.labels))
+            .unwrap_or_default();
         attrs.insert("name".to_string(), name.to_string());
         self.events.publish("image", action, id, attrs);
     }

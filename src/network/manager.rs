@@ -394,7 +394,12 @@ impl<K: Kernel> NetworkManager<K> {
         let mut r = NetworkResource::builtin(&n.name, &n.id, &n.created, &n.driver);
         r.ipam.config.push(IpamConfig {
             subnet: self.subnet.net.to_string(),
-            gateway: None,
+            // dockerd shows the gateway of the default bridge only when --bip sets it.
+            gateway: self
+                .cfg
+                .bip
+                .is_some()
+                .then(|| self.subnet.gateway.to_string()),
         });
         r.options = default_bridge_options(&self.cfg.bridge, MTU);
         if with_containers {

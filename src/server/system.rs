@@ -228,6 +228,13 @@ pub fn events(d: &Daemon, req: &Request) -> ApiResult<Response> {
     let filter = EventFilter {
         filters: parse_filters(req.q("filters"))?,
     };
+    if let Some(bad) = filter
+        .filters
+        .keys()
+        .find(|k| !crate::events::FILTER_KEYS.contains(&k.as_str()))
+    {
+        return Err(ApiError::BadRequest(format!("Invalid filter '{bad}'")));
+    }
     let (past, mut rx) = d.events.subscribe();
     let (tx, out) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
