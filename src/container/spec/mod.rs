@@ -16,7 +16,7 @@ pub mod security;
 pub mod user;
 
 pub use process::{merge_env, process_args};
-pub use user::resolve_user;
+pub use user::{resolve_user, user_home};
 
 use crate::error::{ApiError, ApiResult};
 use berth_api::models::{self, HostConfigCgroupnsModeEnum};
@@ -297,7 +297,8 @@ pub fn build_with(input: &SpecInput, host: &HostInfo) -> ApiResult<Spec> {
     p.set_console_size(None);
     p.set_user(u);
     p.set_args(Some(args));
-    p.set_env(Some(process::daemon_env(cfg, &hostname)));
+    let home = user_home(input.rootfs, cfg.user.as_deref().unwrap_or(""))?;
+    p.set_env(Some(process::daemon_env(cfg, &hostname, &home)));
     p.set_cwd(PathBuf::from(cwd));
     p.set_capabilities(Some(caps::process_caps(&cap_list, uid)));
     let rlimits = process::rlimits(hc.ulimits.as_deref().unwrap_or_default())?;
