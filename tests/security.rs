@@ -345,3 +345,68 @@ fn read_only_rootfs_with_tmpfs_and_binds() {
     // And a normal container may write its root.
     assert_eq!(sh(&d, &[], "touch /x && echo ok"), "ok");
 }
+
+/// `docker exec` runs under the container's confinement: the same capabilities, the same
+/// seccomp filter (libcontainer drops it for tenants; the shim puts it back) and the same
+/// no-new-privileges flag; `--privileged` (of the exec or the container) gets every capability
+/// the daemon holds.
+#[test]
+fn exec_shares_the_containers_confinement() {
+    let Some(d) = daemon_with_image() else { return };
+    let probe = "grep -E '^(Cap|NoNew|Seccomp:)' /proc/self/status; \
+                 unshare -U true && echo userns-ok; sleep 0 & wait $! && echo fork-ok";
+    let exec = |id: &str, extra: &[&str]| {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[id, "sh", "-c"]);
+        let script = format!("{{ {probe}\n}} 2>&1");
+        args.push(&script);
+        let out = d.docker(&args);
+        assert!(
+            out.status.code().is_some_and(|c| c < 125),
+            "exec {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let plain = d.ok(&["run", "-d", "bb:test", "sleep", "1000"]);
+    let out = exec(&plain, &[]);
+    assert_eq!(mask(&out, "CapEff"), 0xa804_25fb, "{out}");
+    assert_eq!(mask(&out, "CapBnd"), 0xa804_25fb, "{out}");
+    assert_eq!(field(&out, "Seccomp"), "2", "{out}");
+    assert!(
+        out.contains("Operation not permitted") && !out.contains("userns-ok"),
+        "{out}"
+    );
+    assert!(out.contains("fork-ok"), "{out}");
+    let out = exec(&plain, &["-u", "1000"]);
+    assert_eq!(mask(&out, "CapEff"), 0, "{out}");
+    assert_eq!(field(&out, "Seccomp"), "2", "{out}");
+    // exec --privileged widens the capabilities, not the syscall filter.
+    let out = exec(&plain, &["--privileged"]);
+    assert_eq!(mask(&out, "CapEff"), own_caps(), "{out}");
+    assert_eq!(field(&out, "Seccomp"), "2", "{out}");
+
+    let nnp = d.ok(&[
+        "run",
+        "-d",
+        "--security-opt",
+        "no-new-privileges",
+        "--cap-drop",
+        "CHOWN",
+        "bb:test",
+        "sleep",
+        "1000",
+    ]);
+    let out = exec(&nnp, &[]);
+    assert_eq!(field(&out, "NoNewPrivs"), "1", "{out}");
+    assert_eq!(field(&out, "Seccomp"), "2", "{out}");
+    assert_eq!(mask(&out, "CapEff"), 0xa804_25fb & !bit(0), "{out}");
+
+    let privileged = d.ok(&["run", "-d", "--privileged", "bb:test", "sleep", "1000"]);
+    let out = exec(&privileged, &[]);
+    assert_eq!(mask(&out, "CapEff"), own_caps(), "{out}");
+    assert_eq!(field(&out, "Seccomp"), "0", "{out}");
+    assert!(out.contains("userns-ok"), "{out}");
+    d.ok(&["rm", "-f", &plain, &nnp, &privileged]);
+}
