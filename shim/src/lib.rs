@@ -15,6 +15,7 @@ mod attach;
 pub mod config;
 mod detach;
 mod exec;
+mod exec_seccomp;
 pub mod exit;
 mod fdio;
 mod hub;

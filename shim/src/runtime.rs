@@ -7,11 +7,12 @@ use anyhow::{Context, Result};
 use berth_api::shim::{ExecParams, ShimConfig};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
-use libcontainer::oci_spec::runtime::{Capabilities, LinuxCapabilities, Process, Spec};
+use libcontainer::oci_spec::runtime::{LinuxCapabilities, Process, Spec};
 use libcontainer::syscall::syscall::SyscallType;
 use std::path::{Path, PathBuf};
 
-/// Every capability name, for `exec --privileged`.
+/// Every capability name in kernel order, for `exec --privileged` (which gets those the shim
+/// holds).
 const ALL_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -236,8 +237,7 @@ pub fn exec_process(spec: &Spec, p: &ExecParams) -> Result<Process> {
         Some(p.additional_gids.clone())
     });
     if p.privileged {
-        let all: Capabilities =
-            serde_json::from_value(serde_json::json!(ALL_CAPS)).context("capability names")?;
+        let all = crate::exec_seccomp::held_capabilities(ALL_CAPS)?;
         let mut caps = LinuxCapabilities::default();
         caps.set_bounding(Some(all.clone()))
             .set_effective(Some(all.clone()))
@@ -259,12 +259,17 @@ pub fn exec(
     process_json: &Path,
 ) -> Result<i32, String> {
     let spec = load_spec(&cfg.bundle).map_err(|e| format!("{e:#}"))?;
-    let proc = exec_process(&spec, p).map_err(|e| format!("{e:#}"))?;
+    let mut proc = exec_process(&spec, p).map_err(|e| format!("{e:#}"))?;
+    let confine = crate::exec_seccomp::prepare(&spec, &mut proc);
     let data = serde_json::to_vec(&proc).map_err(|e| format!("encode process: {e}"))?;
     std::fs::write(process_json, data)
         .map_err(|e| format!("write {}: {e}", process_json.display()))?;
     let arg0 = p.args.first().cloned().unwrap_or_default();
-    let res = ContainerBuilder::new(cfg.id.clone(), SyscallType::default())
+    let mut builder = ContainerBuilder::new(cfg.id.clone(), SyscallType::default());
+    if let Some(executor) = confine {
+        builder = builder.with_executor(executor);
+    }
+    let res = builder
         .with_root_path(&cfg.runtime_root)
         .map_err(|e| error_chain(&e))?
         .with_console_socket(console)
@@ -351,8 +356,8 @@ mod tests {
         assert_eq!((proc.user().uid(), proc.user().gid()), (5, 6));
         let caps = proc.capabilities().clone().unwrap_or_default();
         assert_eq!(
-            caps.bounding().as_ref().map(|c| c.len()),
-            Some(ALL_CAPS.len())
+            caps.bounding().clone(),
+            Some(crate::exec_seccomp::held_capabilities(ALL_CAPS)?)
         );
         Ok(())
     }

@@ -225,7 +225,15 @@ impl Containers {
         }
         let id = new_id();
         if body.hostname.as_deref().unwrap_or("").is_empty() {
-            body.hostname = Some(id[..12].to_string());
+            // dockerd: a host-network container is named like the host, others by their id.
+            body.hostname = Some(if hc.network_mode.as_deref() == Some("host") {
+                nix::unistd::gethostname()
+                    .map_err(|e| ApiError::internal("read the host's hostname", e))?
+                    .to_string_lossy()
+                    .into_owned()
+            } else {
+                id[..12].to_string()
+            });
         }
         let name = match name {
             Some(n) => n,

@@ -158,6 +158,7 @@ impl Containers {
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
         }
+        let env = super::spec::process::with_home(env, &super::spec::user_home(&rootfs, &user)?);
         let cwd = c
             .working_dir
             .clone()

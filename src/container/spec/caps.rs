@@ -67,17 +67,47 @@ pub const DEFAULT: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Every capability the running kernel supports (number <= `last_cap`), by name.
-pub fn all_caps(last_cap: u32) -> Vec<String> {
+/// What the host allows: the kernel's highest capability and the set this daemon holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Available {
+    /// Highest capability number the kernel knows (`/proc/sys/kernel/cap_last_cap`).
+    pub last_cap: u32,
+    /// Bit mask of the capabilities the daemon (and so the shim) holds; a container cannot be
+    /// given more, since `capset` only ever lowers the permitted set.
+    pub held: u64,
+}
+
+impl Available {
+    /// Every capability up to `last_cap`, all held.
+    pub fn all(last_cap: u32) -> Self {
+        Available {
+            last_cap,
+            held: u64::MAX,
+        }
+    }
+
+    fn known(&self, n: u32) -> bool {
+        n <= self.last_cap
+    }
+
+    fn holds(&self, n: u32) -> bool {
+        self.known(n) && n < 64 && self.held & (1u64 << n) != 0
+    }
+}
+
+/// Every capability the kernel supports and the daemon holds, by name: what `--privileged`
+/// and `--cap-add ALL` grant (as dockerd does since it detects the current environment).
+pub fn all_caps(avail: &Available) -> Vec<String> {
     ALL.iter()
-        .filter(|(_, n, _)| *n <= last_cap)
+        .filter(|(_, n, _)| avail.holds(*n))
         .map(|(name, _, _)| (*name).to_string())
         .collect()
 }
 
 /// Upper-cases and `CAP_`-prefixes each entry (keeping `ALL`), rejecting unknown names with
-/// dockerd's `unknown capability: "CAP_X"`.
-fn normalize(caps: &[String], last_cap: u32) -> ApiResult<Vec<String>> {
+/// dockerd's `unknown capability: "CAP_X"`, and names the daemon does not hold with its
+/// `capability not supported by your kernel or not available in the current environment`.
+fn normalize(caps: &[String], avail: &Available) -> ApiResult<Vec<String>> {
     let mut out = Vec::with_capacity(caps.len());
     for c in caps {
         let mut c = c.trim().to_ascii_uppercase();
@@ -88,8 +118,14 @@ fn normalize(caps: &[String], last_cap: u32) -> ApiResult<Vec<String>> {
         if !c.starts_with("CAP_") {
             c = format!("CAP_{c}");
         }
-        if !ALL.iter().any(|(name, n, _)| *name == c && *n <= last_cap) {
-            return Err(ApiError::BadRequest(format!("unknown capability: \"{c}\"")));
+        match ALL.iter().find(|(name, _, _)| *name == c) {
+            Some((_, n, _)) if avail.holds(*n) => {}
+            Some((_, n, _)) if avail.known(*n) => {
+                return Err(ApiError::BadRequest(format!(
+                    "capability not supported by your kernel or not available in the current environment: \"{c}\""
+                )))
+            }
+            _ => return Err(ApiError::BadRequest(format!("unknown capability: \"{c}\""))),
         }
         out.push(c);
     }
@@ -103,20 +139,20 @@ pub fn tweak(
     adds: &[String],
     drops: &[String],
     privileged: bool,
-    last_cap: u32,
+    avail: &Available,
 ) -> ApiResult<Vec<String>> {
     if privileged {
-        return Ok(all_caps(last_cap));
+        return Ok(all_caps(avail));
     }
     let basics: Vec<String> = DEFAULT.iter().map(|s| (*s).to_string()).collect();
     if adds.is_empty() && drops.is_empty() {
         return Ok(basics);
     }
-    let drops = normalize(drops, last_cap)?;
-    let adds = normalize(adds, last_cap)?;
+    let drops = normalize(drops, avail)?;
+    let adds = normalize(adds, avail)?;
     let all = "ALL".to_string();
     let mut caps: Vec<String> = if adds.contains(&all) {
-        all_caps(last_cap)
+        all_caps(avail)
             .into_iter()
             .filter(|c| !drops.contains(c))
             .collect()
@@ -172,7 +208,7 @@ mod tests {
 
     #[test]
     fn defaults_without_tweaks() {
-        let caps = tweak(&[], &[], false, 40).expect("should succeed");
+        let caps = tweak(&[], &[], false, &Available::all(40)).expect("should succeed");
         assert_eq!(caps, s(DEFAULT));
         assert_eq!(caps.len(), 14);
         assert!(!caps.contains(&"CAP_SYS_ADMIN".to_string()));
@@ -184,7 +220,7 @@ mod tests {
             &s(&["net_admin", "CAP_SYS_PTRACE"]),
             &s(&["MKNOD", "cap_chown"]),
             false,
-            40,
+            &Available::all(40),
         )
         .expect("should succeed");
         assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
@@ -196,7 +232,8 @@ mod tests {
 
     #[test]
     fn add_all_minus_drops() {
-        let caps = tweak(&s(&["ALL"]), &s(&["NET_ADMIN"]), false, 40).expect("should succeed");
+        let caps = tweak(&s(&["ALL"]), &s(&["NET_ADMIN"]), false, &Available::all(40))
+            .expect("should succeed");
         assert_eq!(caps.len(), 40);
         assert!(caps.contains(&"CAP_SYS_ADMIN".to_string()));
         assert!(!caps.contains(&"CAP_NET_ADMIN".to_string()));
@@ -204,34 +241,58 @@ mod tests {
 
     #[test]
     fn drop_all_keeps_only_adds() {
-        let caps = tweak(&s(&["CHOWN"]), &s(&["all"]), false, 40).expect("should succeed");
+        let caps = tweak(&s(&["CHOWN"]), &s(&["all"]), false, &Available::all(40))
+            .expect("should succeed");
         assert_eq!(caps, s(&["CAP_CHOWN"]));
-        let none = tweak(&[], &s(&["ALL"]), false, 40).expect("should succeed");
+        let none = tweak(&[], &s(&["ALL"]), false, &Available::all(40)).expect("should succeed");
         assert!(none.is_empty());
     }
 
     #[test]
     fn privileged_gets_what_the_kernel_has() {
         assert_eq!(
-            tweak(&[], &s(&["ALL"]), true, 40)
+            tweak(&[], &s(&["ALL"]), true, &Available::all(40))
                 .expect("should succeed")
                 .len(),
             41
         );
-        let old_kernel = tweak(&[], &[], true, 37).expect("should succeed");
+        let old_kernel = tweak(&[], &[], true, &Available::all(37)).expect("should succeed");
         assert_eq!(old_kernel.len(), 38);
         assert!(!old_kernel.contains(&"CAP_BPF".to_string()));
     }
 
     #[test]
     fn unknown_capability_is_400() {
-        let err = tweak(&s(&["FOO"]), &[], false, 40).expect_err("should fail");
+        let err = tweak(&s(&["FOO"]), &[], false, &Available::all(40)).expect_err("should fail");
         assert_eq!(
             err,
             ApiError::BadRequest("unknown capability: \"CAP_FOO\"".into())
         );
         // a cap newer than the kernel counts as unknown
-        assert!(tweak(&s(&["BPF"]), &[], false, 37).is_err());
+        assert!(tweak(&s(&["BPF"]), &[], false, &Available::all(37)).is_err());
+    }
+
+    #[test]
+    fn caps_the_daemon_lacks_are_never_granted() {
+        // A host whose bounding set lacks CAP_SYS_RESOURCE (24), as in some VMs.
+        let avail = Available {
+            last_cap: 40,
+            held: 0x1ff_feff_ffff,
+        };
+        let all = tweak(&[], &[], true, &avail).expect("privileged");
+        assert_eq!(all.len(), 40);
+        assert!(!all.contains(&"CAP_SYS_RESOURCE".to_string()));
+        let add_all = tweak(&s(&["ALL"]), &[], false, &avail).expect("cap-add ALL");
+        assert_eq!(add_all, all);
+        let err = tweak(&s(&["SYS_RESOURCE"]), &[], false, &avail).expect_err("not held");
+        assert_eq!(
+            err,
+            ApiError::BadRequest(
+                "capability not supported by your kernel or not available in the current environment: \"CAP_SYS_RESOURCE\"".into()
+            )
+        );
+        // Dropping it is harmless; it is not in the defaults anyway.
+        assert!(tweak(&[], &s(&["CHOWN"]), false, &avail).is_ok());
     }
 
     #[test]

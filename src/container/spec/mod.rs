@@ -16,7 +16,7 @@ pub mod security;
 pub mod user;
 
 pub use process::{merge_env, process_args};
-pub use user::resolve_user;
+pub use user::{resolve_user, user_home};
 
 use crate::error::{ApiError, ApiResult};
 use berth_api::models::{self, HostConfigCgroupnsModeEnum};
@@ -68,6 +68,9 @@ pub struct HostInfo {
     pub swap_limit: bool,
     /// Highest capability number the kernel knows.
     pub cap_last_cap: u32,
+    /// Capabilities this daemon holds (`CapEff` of `/proc/self/status`) as a bit mask: the
+    /// most a container can get.
+    pub cap_held: u64,
     /// Kernel version (major, minor).
     pub kernel: (u32, u32),
     /// `net.ipv4.ping_group_range` exists.
@@ -95,6 +98,9 @@ impl HostInfo {
             cap_last_cap: read("/proc/sys/kernel/cap_last_cap")
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(40),
+            cap_held: read("/proc/self/status")
+                .and_then(|s| parse_cap_eff(&s))
+                .unwrap_or(u64::MAX),
             kernel: read("/proc/sys/kernel/osrelease")
                 .and_then(|s| seccomp::parse_kernel(&s))
                 .unwrap_or((0, 0)),
@@ -104,6 +110,14 @@ impl HostInfo {
             dev_dir: PathBuf::from("/dev"),
         }
     }
+}
+
+/// The `CapEff:` mask of a `/proc/<pid>/status` text.
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 /// Paths hidden from non-privileged containers (dockerd's default `MaskedPaths`).
@@ -262,7 +276,10 @@ pub fn build_with(input: &SpecInput, host: &HostInfo) -> ApiResult<Spec> {
         hc.cap_add.as_deref().unwrap_or_default(),
         hc.cap_drop.as_deref().unwrap_or_default(),
         privileged,
-        host.cap_last_cap,
+        &caps::Available {
+            last_cap: host.cap_last_cap,
+            held: host.cap_held,
+        },
     )?;
     let oom = hc.oom_score_adj.unwrap_or(0);
     if !(-1000..=1000).contains(&oom) {
@@ -280,7 +297,8 @@ pub fn build_with(input: &SpecInput, host: &HostInfo) -> ApiResult<Spec> {
     p.set_console_size(None);
     p.set_user(u);
     p.set_args(Some(args));
-    p.set_env(Some(process::daemon_env(cfg, &hostname)));
+    let home = user_home(input.rootfs, cfg.user.as_deref().unwrap_or(""))?;
+    p.set_env(Some(process::daemon_env(cfg, &hostname, &home)));
     p.set_cwd(PathBuf::from(cwd));
     p.set_capabilities(Some(caps::process_caps(&cap_list, uid)));
     let rlimits = process::rlimits(hc.ulimits.as_deref().unwrap_or_default())?;

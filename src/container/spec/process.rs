@@ -54,8 +54,9 @@ pub fn merge_env(image_env: &[String], container_env: &[String]) -> Vec<String> 
 }
 
 /// The environment the process gets (dockerd's `CreateDaemonEnvironment`): default `PATH`,
-/// `HOSTNAME`, `TERM=xterm` with a tty, then `Config.Env` on top.
-pub fn daemon_env(config: &models::ContainerConfig, hostname: &str) -> Vec<String> {
+/// `HOSTNAME`, `TERM=xterm` with a tty, then `Config.Env` on top; `HOME=home` is appended when
+/// none is set, as runc does.
+pub fn daemon_env(config: &models::ContainerConfig, hostname: &str, home: &str) -> Vec<String> {
     let mut base = vec![
         format!("PATH={DEFAULT_PATH}"),
         format!("HOSTNAME={hostname}"),
@@ -63,7 +64,19 @@ pub fn daemon_env(config: &models::ContainerConfig, hostname: &str) -> Vec<Strin
     if config.tty.unwrap_or(false) {
         base.push("TERM=xterm".to_string());
     }
-    replace_or_append(base, config.env.as_deref().unwrap_or_default())
+    with_home(
+        replace_or_append(base, config.env.as_deref().unwrap_or_default()),
+        home,
+    )
+}
+
+/// Appends `HOME=home` unless `env` already has a non-empty `HOME`.
+pub fn with_home(mut env: Vec<String>, home: &str) -> Vec<String> {
+    if !env.iter().any(|e| e.starts_with("HOME=") && e.len() > 5) {
+        env.retain(|e| e != "HOME=");
+        env.push(format!("HOME={home}"));
+    }
+    env
 }
 
 /// `Entrypoint` followed by `Cmd`; a container with neither is refused with dockerd's
@@ -136,14 +149,30 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            daemon_env(&cfg, "abc"),
-            s(&["PATH=/mine", "HOSTNAME=abc", "TERM=xterm", "X=1"])
+            daemon_env(&cfg, "abc", "/root"),
+            s(&[
+                "PATH=/mine",
+                "HOSTNAME=abc",
+                "TERM=xterm",
+                "X=1",
+                "HOME=/root"
+            ])
         );
         let plain = models::ContainerConfig::default();
         assert_eq!(
-            daemon_env(&plain, "h"),
-            s(&[&format!("PATH={DEFAULT_PATH}"), "HOSTNAME=h"])
+            daemon_env(&plain, "h", "/"),
+            s(&[&format!("PATH={DEFAULT_PATH}"), "HOSTNAME=h", "HOME=/"])
         );
+        let own_home = models::ContainerConfig {
+            env: Some(s(&["HOME=/data"])),
+            ..Default::default()
+        };
+        assert!(daemon_env(&own_home, "h", "/root").ends_with(&s(&["HOME=/data"])));
+        let empty_home = models::ContainerConfig {
+            env: Some(s(&["HOME="])),
+            ..Default::default()
+        };
+        assert!(daemon_env(&empty_home, "h", "/root").ends_with(&s(&["HOME=/root"])));
     }
 
     #[test]

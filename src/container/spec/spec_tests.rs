@@ -38,6 +38,7 @@ fn host() -> HostInfo {
         cgroup_v2: false,
         swap_limit: true,
         cap_last_cap: 40,
+        cap_held: u64::MAX,
         kernel: (6, 1),
         ping_group_range: true,
         unprivileged_port_start: true,
@@ -243,6 +244,24 @@ fn privileged_opens_everything() {
         .and_then(|p| p.capabilities().clone())
         .expect("caps");
     assert_eq!(caps.bounding().as_ref().map(|c| c.len()), Some(41));
+    // Only what the daemon holds: a host without CAP_SYS_RESOURCE (24) cannot grant it.
+    let lacking = HostInfo {
+        cap_held: !(1u64 << 24),
+        ..host()
+    };
+    let s2 = build_for(&fx, &config(&["true"]), &hc, &lacking).expect("build");
+    let bounding = s2
+        .process()
+        .as_ref()
+        .and_then(|p| p.capabilities().clone())
+        .and_then(|c| c.bounding().clone())
+        .expect("bounding");
+    assert_eq!(bounding.len(), 40);
+    assert!(!bounding.contains(&Capability::SysResource));
+    assert_eq!(
+        parse_cap_eff("CapPrm:\t0000000000000001\nCapEff:\t000001fffeffffff\n"),
+        Some(0x1ff_feff_ffff)
+    );
     let l = linux(&s);
     assert!(l.seccomp().is_none());
     assert!(l.masked_paths().is_none() && l.readonly_paths().is_none());

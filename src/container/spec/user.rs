@@ -97,6 +97,7 @@ struct PasswdEntry {
     name: String,
     uid: u64,
     gid: u64,
+    home: String,
 }
 
 /// One `/etc/group` entry.
@@ -115,6 +116,7 @@ fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
                 name: f.first()?.to_string(),
                 uid: f.get(2)?.trim().parse().ok()?,
                 gid: f.get(3)?.trim().parse().ok()?,
+                home: f.get(5).map(|h| h.to_string()).unwrap_or_default(),
             })
         })
         .collect()
@@ -167,14 +169,7 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> ApiResult<(u32, u32, Vec<u32>)
         .unwrap_or_default();
 
     let (mut uid, mut gid, mut name): (u64, u64, Option<String>) = (0, 0, None);
-    let matched = passwd.iter().find(|p| {
-        if user_arg.is_empty() {
-            p.uid == 0
-        } else {
-            p.name == user_arg || uid_num == Some(p.uid)
-        }
-    });
-    match matched {
+    match find_passwd(&passwd, user_arg) {
         Some(p) => {
             uid = p.uid;
             gid = p.gid;
@@ -228,6 +223,31 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> ApiResult<(u32, u32, Vec<u32>)
     let mut additional = vec![gid];
     additional.extend(sgids);
     Ok((uid, gid, additional))
+}
+
+/// The passwd entry a `User` string's user part names (root for an empty one).
+fn find_passwd<'a>(passwd: &'a [PasswdEntry], user_arg: &str) -> Option<&'a PasswdEntry> {
+    let uid_num: Option<u64> = user_arg.parse().ok();
+    passwd.iter().find(|p| {
+        if user_arg.is_empty() {
+            p.uid == 0
+        } else {
+            p.name == user_arg || uid_num == Some(p.uid)
+        }
+    })
+}
+
+/// The `HOME` a process of this Docker `User` gets when its environment has none: its passwd
+/// entry's home directory, or `/` (as runc sets it for dockerd).
+pub fn user_home(rootfs: &Path, user: &str) -> ApiResult<String> {
+    let user_arg = user.split_once(':').map_or(user, |(u, _)| u);
+    let passwd = read_in_root(rootfs, "/etc/passwd")?
+        .map(|t| parse_passwd(&t))
+        .unwrap_or_default();
+    Ok(find_passwd(&passwd, user_arg)
+        .map(|p| p.home.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".to_string()))
 }
 
 /// Resolves `HostConfig.GroupAdd` entries (names or numbers) against the rootfs's group file.
@@ -424,6 +444,18 @@ mod tests {
         let r = tempfile::tempdir().expect("should succeed");
         symlink(outside.path(), r.path().join("etc")).expect("should succeed");
         assert!(resolve_user(r.path(), "evil").is_err());
+    }
+
+    #[test]
+    fn home_from_passwd_or_slash() -> ApiResult<()> {
+        let root = fake_rootfs();
+        assert_eq!(user_home(root.path(), "")?, "/root");
+        assert_eq!(user_home(root.path(), "alice:wheel")?, "/home/alice");
+        assert_eq!(user_home(root.path(), "1000")?, "/home/alice");
+        assert_eq!(user_home(root.path(), "1234")?, "/");
+        let bare = tempfile::tempdir().map_err(|e| ApiError::internal("tempdir", e))?;
+        assert_eq!(user_home(bare.path(), "")?, "/");
+        Ok(())
     }
 
     #[test]
