@@ -157,6 +157,9 @@ fn run<I: IntoIterator<Item = OsString>>(argv: I, ready: &mut Ready) -> Result<i
         Err(e) => return Err(abort(&mut container, e)),
     };
     drop(console);
+    if let Some(m) = master.as_ref() {
+        apply_console_size(m, &spec);
+    }
     let listener = match bind_ctl(&cfg) {
         Ok(l) => l,
         Err(e) => return Err(abort(&mut container, e)),
@@ -190,6 +193,19 @@ fn run<I: IntoIterator<Item = OsString>>(argv: I, ready: &mut Ready) -> Result<i
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, serve(shim, parent, master, listener, ready))
+}
+
+/// Gives the pty the spec's `process.consoleSize` before the process starts (libcontainer
+/// does not apply it), so the first `stty size` sees the CLI's terminal size.
+fn apply_console_size(master: &OwnedFd, spec: &libcontainer::oci_spec::runtime::Spec) {
+    let Some(size) = spec.process().as_ref().and_then(|p| p.console_size()) else {
+        return;
+    };
+    let rows = u16::try_from(size.height()).unwrap_or(u16::MAX);
+    let cols = u16::try_from(size.width()).unwrap_or(u16::MAX);
+    if let Err(e) = sys::set_winsize(std::os::fd::AsRawFd::as_raw_fd(master), rows, cols) {
+        tracing::warn!(error = %e, "set the initial tty size");
+    }
 }
 
 fn bind_ctl(cfg: &ShimConfig) -> Result<OwnedFd> {
