@@ -223,10 +223,15 @@ async fn drain(shim: Rc<Shim>, src: Rc<FdIo>, stream: Stream) {
     loop {
         match src.read(&mut buf).await {
             Ok(0) => break,
-            Ok(n) => shim
-                .hub
-                .borrow_mut()
-                .output(stream, &buf[..n], exit::now_ns()),
+            Ok(n) => {
+                shim.hub
+                    .borrow_mut()
+                    .output(stream, &buf[..n], exit::now_ns());
+                // Let the clients' writers send this chunk before the next one is read: a
+                // busy pipe (1 MiB) read in one go would overflow a client's queue even when
+                // the client keeps up.
+                tokio::task::yield_now().await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, ?stream, "read container output");
                 break;
