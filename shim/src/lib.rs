@@ -185,6 +185,7 @@ fn run<I: IntoIterator<Item = OsString>>(argv: I, ready: &mut Ready) -> Result<i
         hub: RefCell::new(hub::Hub::new(log)),
         stdin: RefCell::new(None),
         pty: None,
+        outputs: Vec::new(),
         execs: RefCell::new(HashMap::new()),
         exec_pids: RefCell::new(HashMap::new()),
         subscribers: RefCell::new(Vec::new()),
@@ -283,6 +284,7 @@ async fn serve(
         tokio::task::spawn_local(attach::stdin_pump(sink, rx, closable));
     }
     shim.life.borrow_mut().readers_left = sources.len();
+    shim.outputs = sources.clone();
     let shim = Rc::new(shim);
     for (src, stream) in sources {
         tokio::task::spawn_local(drain(shim.clone(), src, stream));
