@@ -529,6 +529,9 @@ impl Containers {
         }
         self.execs.forget_container(id);
         self.forget(id)?;
+        if let Err(e) = self.images.release_retained(&rec.image_id) {
+            tracing::warn!(image = %rec.image_id, error = %e, "release a deleted image's layers");
+        }
         self.event(&rec, "destroy", &[]);
         self.notify_exit(id);
         Ok(())
