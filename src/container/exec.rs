@@ -302,7 +302,12 @@ impl Containers {
             Err(e) => {
                 tracing::warn!(%exec_id, error = %e, "exec start failed");
                 ex.running = false;
-                ex.exit_code = Some(126);
+                // The shim records the same code; this answer may reach inspect first.
+                ex.exit_code = Some(if e.to_string().contains("executable file not found") {
+                    127
+                } else {
+                    126
+                });
             }
         }
         self.execs.put(ex);
