@@ -512,6 +512,11 @@ impl Containers {
         let code = rec.state.exit_code;
         self.net.release(id).await?;
         Rootfs::new(&self.paths.data_root, id).remove()?;
+        self.execs.forget_container(id);
+        // The record goes before `wait?condition=removed` is answered (by the shim, or here
+        // for waits queued before a start): `docker run --rm` returns only then, and a
+        // `docker ps -a` right after it must not list the container.
+        self.forget(id)?;
         let shim = self.shim(id);
         let _ = shim.call(ShimRequest::Removed, None).await;
         for p in self.pending.take(id) {
@@ -527,8 +532,6 @@ impl Containers {
                 }
             }
         }
-        self.execs.forget_container(id);
-        self.forget(id)?;
         if let Err(e) = self.images.release_retained(&rec.image_id) {
             tracing::warn!(image = %rec.image_id, error = %e, "release a deleted image's layers");
         }
