@@ -15,7 +15,14 @@ pub const PTY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Pty {
     master: File,
     child: Child,
-    out: Arc<(Mutex<Vec<u8>>, Condvar)>,
+    out: Arc<(Mutex<Output>, Condvar)>,
+}
+
+/// What the terminal showed, and whether the reader saw its end.
+#[derive(Default)]
+struct Output {
+    bytes: Vec<u8>,
+    eof: bool,
 }
 
 impl Pty {
@@ -44,7 +51,7 @@ impl Pty {
         let child = c.spawn().expect("spawn on pty");
         let master = File::from(pty.master);
         let mut reader = master.try_clone().expect("dup master");
-        let out = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let out = Arc::new((Mutex::new(Output::default()), Condvar::new()));
         let sink = out.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -52,10 +59,10 @@ impl Pty {
                 // EIO once every slave fd is closed.
                 let n = reader.read(&mut buf).unwrap_or(0);
                 let (lock, cv) = &*sink;
-                if n > 0 {
-                    lock.lock()
-                        .expect("pty buffer")
-                        .extend_from_slice(&buf[..n]);
+                {
+                    let mut o = lock.lock().expect("pty buffer");
+                    o.bytes.extend_from_slice(&buf[..n]);
+                    o.eof = n == 0;
                 }
                 cv.notify_all();
                 if n == 0 {
@@ -73,7 +80,7 @@ impl Pty {
 
     /// Everything printed so far, lossily decoded.
     pub fn output(&self) -> String {
-        String::from_utf8_lossy(&self.out.0.lock().expect("pty buffer")).into_owned()
+        String::from_utf8_lossy(&self.out.0.lock().expect("pty buffer").bytes).into_owned()
     }
 
     /// Waits until the output contains `needle` (panics after [`PTY_TIMEOUT`]).
@@ -81,12 +88,12 @@ impl Pty {
         let deadline = Instant::now() + PTY_TIMEOUT;
         let (lock, cv) = &*self.out;
         let mut g = lock.lock().expect("pty buffer");
-        while !String::from_utf8_lossy(&g).contains(needle) {
+        while !String::from_utf8_lossy(&g.bytes).contains(needle) {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
                 "timed out waiting for {needle:?} on the pty; got {:?}",
-                String::from_utf8_lossy(&g)
+                String::from_utf8_lossy(&g.bytes)
             );
             g = cv
                 .wait_timeout(g, left.min(Duration::from_millis(200)))
@@ -95,11 +102,13 @@ impl Pty {
         }
     }
 
-    /// Waits for the command to exit (panics after [`PTY_TIMEOUT`], killing it).
+    /// Waits for the command to exit and for everything it printed (panics after
+    /// [`PTY_TIMEOUT`], killing it).
     pub fn wait(&mut self) -> ExitStatus {
         let deadline = Instant::now() + PTY_TIMEOUT;
         loop {
             if let Some(st) = self.child.try_wait().expect("wait for pty child") {
+                self.wait_eof(deadline);
                 return st;
             }
             if Instant::now() > deadline {
@@ -110,6 +119,24 @@ impl Pty {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Pty {
+    /// Waits until the reader drained the terminal (every slave fd closed), or `deadline`.
+    fn wait_eof(&self, deadline: Instant) {
+        let (lock, cv) = &*self.out;
+        let mut g = lock.lock().expect("pty buffer");
+        while !g.eof {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            g = cv
+                .wait_timeout(g, left.min(Duration::from_millis(200)))
+                .expect("pty buffer")
+                .0;
         }
     }
 }
