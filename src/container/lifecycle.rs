@@ -277,10 +277,9 @@ impl Containers {
                 if cur.state.status != Status::Restarting {
                     return;
                 }
-                let _ = me.update(&id, |r| {
-                    r.state.status = Status::Exited;
-                    r.state.restart_count += 1;
-                });
+                // Still "restarting" until the start succeeds (or fails): a client never sees
+                // an exited state with the new count but the next run's reset exit code.
+                let _ = me.update(&id, |r| r.state.restart_count += 1);
                 if let Err(e) = me.start_locked(&id, false).await {
                     tracing::warn!(%id, error = %e, "restart by policy failed");
                 }
