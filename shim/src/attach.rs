@@ -11,7 +11,7 @@ use crate::hub::AttachSink;
 use crate::jsonlog;
 use crate::outbox::{pump, Outbox, CLIENT_BUFFER};
 use crate::state::{Shim, StdinMsg};
-use berth_api::logfmt::{self, LogFilter};
+use berth_api::logfmt::{self, LogFilter, Stream};
 use berth_api::shim::AttachParams;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -20,6 +20,12 @@ use tokio::sync::mpsc;
 
 /// Depth of a stdin pump's queue (chunks); clients wait when it is full.
 pub const STDIN_QUEUE: usize = 16;
+
+/// A client's input is held back while more than this much of its output is unsent (queued
+/// for it, or still unread in the container's output pipes). With the stdin pipe at its
+/// default size and the queue above, what the process can still turn into output stays well
+/// under [`CLIENT_BUFFER`] for a filter like `cat`.
+pub const INPUT_PAUSE: usize = CLIENT_BUFFER / 4;
 
 /// How one hijacked connection is served.
 pub struct Interactive {
@@ -33,6 +39,9 @@ pub struct Interactive {
     pub close_stdin_on_eof: bool,
     /// Input the daemon already read past the request.
     pub initial: Vec<u8>,
+    /// Output the process wrote that is not yet in `outbox` (unread pipe bytes); input
+    /// pauses while this plus the queue exceeds [`INPUT_PAUSE`].
+    pub backlog: Box<dyn Fn() -> usize>,
 }
 
 /// Serves the connection until its output ended (and was written) or the client detached.
@@ -92,6 +101,7 @@ async fn forward(it: &mut Interactive, data: &[u8]) -> bool {
         None => (data.to_vec(), false),
     };
     if !bytes.is_empty() {
+        it.outbox.wait_room(INPUT_PAUSE, &it.backlog).await;
         if let Some(tx) = &it.stdin {
             if tx.send(StdinMsg::Data(bytes)).await.is_err() {
                 it.stdin = None;
@@ -151,12 +161,22 @@ pub async fn serve_attach(shim: Rc<Shim>, fd: OwnedFd, p: AttachParams) -> io::R
     } else {
         None
     };
+    let watched: Vec<Rc<FdIo>> = shim
+        .outputs
+        .iter()
+        .filter(|(_, s)| match s {
+            Stream::Stderr => p.stderr,
+            _ => p.stdout,
+        })
+        .map(|(f, _)| f.clone())
+        .collect();
     let it = Interactive {
         outbox,
         stdin,
         detach: raw.then(|| DetachMatcher::new(&p.detach_keys)),
         close_stdin_on_eof: shim.cfg.stdin_once,
         initial: p.initial,
+        backlog: Box::new(move || watched.iter().map(|f| f.unread()).sum()),
     };
     serve_interactive(&sock, it).await;
     Ok(())

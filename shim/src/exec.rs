@@ -283,6 +283,8 @@ async fn run_io(
         detach: raw.then(|| DetachMatcher::new(&p.detach_keys)),
         close_stdin_on_eof: true,
         initial: p.initial,
+        // An exec's output waits for its client (no log), so it never overflows.
+        backlog: Box::new(|| 0),
     };
     serve_interactive(&sock, it).await;
 }

@@ -59,6 +59,11 @@ impl FdIo {
         Ok(())
     }
 
+    /// Bytes waiting to be read (`FIONREAD`).
+    pub fn unread(&self) -> usize {
+        crate::sys::unread_bytes(self.raw())
+    }
+
     /// The raw fd (for ioctls).
     pub fn raw(&self) -> RawFd {
         self.inner.get_ref().as_raw_fd()

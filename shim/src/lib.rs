@@ -158,6 +158,9 @@ fn run<I: IntoIterator<Item = OsString>>(argv: I, ready: &mut Ready) -> Result<i
         Err(e) => return Err(abort(&mut container, e)),
     };
     drop(console);
+    if let Some(m) = master.as_ref() {
+        apply_console_size(m, &spec);
+    }
     let listener = match bind_ctl(&cfg) {
         Ok(l) => l,
         Err(e) => return Err(abort(&mut container, e)),
@@ -183,6 +186,7 @@ fn run<I: IntoIterator<Item = OsString>>(argv: I, ready: &mut Ready) -> Result<i
         hub: RefCell::new(hub::Hub::new(log)),
         stdin: RefCell::new(None),
         pty: None,
+        outputs: Vec::new(),
         execs: RefCell::new(HashMap::new()),
         exec_pids: RefCell::new(HashMap::new()),
         subscribers: RefCell::new(Vec::new()),
@@ -191,6 +195,19 @@ fn run<I: IntoIterator<Item = OsString>>(argv: I, ready: &mut Ready) -> Result<i
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, serve(shim, parent, master, listener, ready))
+}
+
+/// Gives the pty the spec's `process.consoleSize` before the process starts (libcontainer
+/// does not apply it), so the first `stty size` sees the CLI's terminal size.
+fn apply_console_size(master: &OwnedFd, spec: &libcontainer::oci_spec::runtime::Spec) {
+    let Some(size) = spec.process().as_ref().and_then(|p| p.console_size()) else {
+        return;
+    };
+    let rows = u16::try_from(size.height()).unwrap_or(u16::MAX);
+    let cols = u16::try_from(size.width()).unwrap_or(u16::MAX);
+    if let Err(e) = sys::set_winsize(std::os::fd::AsRawFd::as_raw_fd(master), rows, cols) {
+        tracing::warn!(error = %e, "set the initial tty size");
+    }
 }
 
 fn bind_ctl(cfg: &ShimConfig) -> Result<OwnedFd> {
@@ -208,10 +225,15 @@ async fn drain(shim: Rc<Shim>, src: Rc<FdIo>, stream: Stream) {
     loop {
         match src.read(&mut buf).await {
             Ok(0) => break,
-            Ok(n) => shim
-                .hub
-                .borrow_mut()
-                .output(stream, &buf[..n], exit::now_ns()),
+            Ok(n) => {
+                shim.hub
+                    .borrow_mut()
+                    .output(stream, &buf[..n], exit::now_ns());
+                // Let the clients' writers send this chunk before the next one is read: a
+                // busy pipe (1 MiB) read in one go would overflow a client's queue even when
+                // the client keeps up.
+                tokio::task::yield_now().await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, ?stream, "read container output");
                 break;
@@ -263,6 +285,7 @@ async fn serve(
         tokio::task::spawn_local(attach::stdin_pump(sink, rx, closable));
     }
     shim.life.borrow_mut().readers_left = sources.len();
+    shim.outputs = sources.clone();
     let shim = Rc::new(shim);
     for (src, stream) in sources {
         tokio::task::spawn_local(drain(shim.clone(), src, stream));

@@ -44,6 +44,7 @@ impl Outbox {
             return false;
         }
         if self.bytes.get() + data.len() > self.cap && self.bytes.get() > 0 {
+            tracing::debug!(queued = self.bytes.get(), "client too slow: dropped");
             self.drop_client();
             return false;
         }
@@ -69,6 +70,21 @@ impl Outbox {
                 return true;
             }
             self.space.notified().await;
+        }
+    }
+
+    /// Waits until at most `limit` bytes are queued plus `more()` (output on its way into
+    /// this queue), or the client is gone. Re-checked each time the writer takes a chunk.
+    /// The input of an interactive client waits here: a client that sends faster than it
+    /// reads the output (`docker run -i … cat < big`) is slowed down instead of being dropped.
+    pub async fn wait_room(&self, limit: usize, more: impl Fn() -> usize) {
+        loop {
+            // Created before the check: a chunk taken in between still wakes us.
+            let space = self.space.notified();
+            if self.is_closed() || self.bytes.get() + more() <= limit {
+                return;
+            }
+            space.await;
         }
     }
 
@@ -205,6 +221,29 @@ mod tests {
             assert_eq!(o.next().await, Some(vec![1; 4]));
             assert!(t.await.unwrap_or(false));
             assert_eq!(o.next().await, Some(vec![2; 4]));
+        });
+        Ok(())
+    }
+
+    #[test]
+    fn wait_room_waits_for_the_writer() -> std::io::Result<()> {
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt()?, async {
+            let o = Outbox::new(100);
+            assert!(o.push(vec![1; 30]));
+            assert!(o.push(vec![2; 30]));
+            let o2 = o.clone();
+            let t = tokio::task::spawn_local(async move { o2.wait_room(40, || 0).await });
+            tokio::task::yield_now().await;
+            assert!(!t.is_finished());
+            assert_eq!(o.next().await, Some(vec![1; 30]));
+            tokio::task::yield_now().await;
+            assert!(t.is_finished());
+            // A dropped client never blocks its input.
+            assert!(o.push(vec![3; 30]));
+            assert!(o.push(vec![4; 30]));
+            o.drop_client();
+            o.wait_room(0, || 0).await;
         });
         Ok(())
     }

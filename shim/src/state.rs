@@ -68,6 +68,8 @@ pub struct Shim {
     pub stdin: RefCell<Option<mpsc::Sender<StdinMsg>>>,
     /// The container's pty master.
     pub pty: Option<Rc<FdIo>>,
+    /// The container's output sources (pipes or the pty master), for input backpressure.
+    pub outputs: Vec<(Rc<FdIo>, berth_api::logfmt::Stream)>,
     /// Execs by id.
     pub execs: RefCell<HashMap<String, ExecEntry>>,
     /// Exec ids by pid (running execs only).

@@ -1,4 +1,4 @@
-//! The container's (or an exec's) stdio as the shim prepares it: pipes sized up to 1 MiB
+//! The container's (or an exec's) stdio as the shim prepares it: output pipes sized up to 1 MiB
 //! (the shim keeps the read ends of stdout/stderr and the write end of stdin), `/dev/null`
 //! for what is not wanted, or a pty whose master comes back over libcontainer's console
 //! socket.
@@ -45,10 +45,15 @@ fn dev_null() -> Result<OwnedFd> {
     Ok(f.into())
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+/// A pipe; `big` asks for [`PIPE_SIZE`] (output pipes, so a burst never blocks the
+/// process). Stdin keeps the default size: what sits in it is output the shim cannot hold
+/// back when a client's input is paused.
+fn pipe(big: bool) -> Result<(OwnedFd, OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("create pipe")?;
-    // Best effort: an unprivileged caller may be capped below 1 MiB.
-    let _ = fcntl(w.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    if big {
+        // Best effort: an unprivileged caller may be capped below 1 MiB.
+        let _ = fcntl(w.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    }
     Ok((r, w))
 }
 
@@ -56,21 +61,21 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 pub fn pipes(stdin: bool, stdout: bool, stderr: bool) -> Result<(ParentIo, ChildIo)> {
     let mut parent = ParentIo::default();
     let child_stdin = if stdin {
-        let (r, w) = pipe()?;
+        let (r, w) = pipe(false)?;
         parent.stdin = Some(w);
         r
     } else {
         dev_null()?
     };
     let child_stdout = if stdout {
-        let (r, w) = pipe()?;
+        let (r, w) = pipe(true)?;
         parent.stdout = Some(r);
         w
     } else {
         dev_null()?
     };
     let child_stderr = if stderr {
-        let (r, w) = pipe()?;
+        let (r, w) = pipe(true)?;
         parent.stderr = Some(r);
         w
     } else {

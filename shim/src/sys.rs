@@ -1,5 +1,5 @@
 //! The few system calls the shim needs that have no safe wrapper: adopting fd 3, signal
-//! dispositions, `accept4`, reactor registration and the pty window size. Every `unsafe` block lives here.
+//! dispositions, `accept4`, reactor registration, the pty window size and `FIONREAD`. Every `unsafe` block lives here.
 #![allow(unsafe_code)]
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
@@ -51,6 +51,18 @@ pub fn set_winsize(master: RawFd, rows: u16, cols: u16) -> io::Result<()> {
     unsafe { tiocswinsz(master, &ws) }
         .map(|_| ())
         .map_err(io::Error::from)
+}
+
+nix::ioctl_read_bad!(fionread, libc::FIONREAD, libc::c_int);
+
+/// Bytes waiting to be read from a pipe, socket or pty master (`FIONREAD`); 0 when unknown.
+pub fn unread_bytes(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `n` is a valid c_int that outlives the call; the kernel only writes it.
+    match unsafe { fionread(fd, &mut n) } {
+        Ok(_) => usize::try_from(n).unwrap_or(0),
+        Err(_) => 0,
+    }
 }
 
 /// Registers an owned fd with the tokio reactor.

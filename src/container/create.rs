@@ -217,6 +217,10 @@ impl Containers {
         let mut hc = body.host_config.take().unwrap_or_default();
         fill_host_config(&mut hc, &self.paths.log_opts)?;
         let networking = body.networking_config.take();
+        // dockerd's validateContainerConfig: a stop signal it cannot parse is refused (400).
+        if let Some(sig) = body.stop_signal.as_deref().filter(|s| !s.is_empty()) {
+            super::record::parse_signal(sig)?;
+        }
         merge_config(&mut body, &image.1);
         let has_cmd = body.entrypoint.as_ref().is_some_and(|e| !e.is_empty())
             || body.cmd.as_ref().is_some_and(|c| !c.is_empty());

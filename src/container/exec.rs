@@ -205,7 +205,11 @@ impl Containers {
                 rec.id
             )));
         }
-        let mut params = self.exec_params(&ex)?;
+        let mut params = match self.exec_params(&ex) {
+            Ok(p) => p,
+            Err(e) if !detach => return Ok(self.exec_failed_in_stream(&ex, upgrade, &e)),
+            Err(e) => return Err(e),
+        };
         let mut started = ex.clone();
         started.started = true;
         started.running = true;
@@ -260,6 +264,35 @@ impl Containers {
         })
     }
 
+    /// dockerd hijacks an attached exec start before it prepares the process: an error from
+    /// that step (e.g. `-u` naming an unknown user) is written into the stream, followed by
+    /// `\r\n`, and the exec ends with 126, which `docker exec` exits with.
+    fn exec_failed_in_stream(&self, ex: &ExecRecord, upgrade: bool, e: &ApiError) -> Response {
+        let mut failed = ex.clone();
+        failed.started = true;
+        failed.running = false;
+        failed.exit_code = Some(126);
+        self.execs.put(failed);
+        let text = format!("{e}\r\n");
+        let tty = ex.config.tty.unwrap_or(false);
+        let data = if tty {
+            text.into_bytes()
+        } else {
+            berth_api::logfmt::frame(berth_api::logfmt::Stream::Stdout, text.as_bytes())
+        };
+        Response::Takeover {
+            status: if upgrade { 101 } else { 200 },
+            content_type: "application/vnd.docker.raw-stream",
+            then: Box::new(move |conn| {
+                Box::pin(async move {
+                    let mut s = conn.stream;
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut s, &data).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
+                })
+            }),
+        }
+    }
+
     fn exec_started(&self, exec_id: &str, res: ApiResult<ShimResponse>) {
         let Ok(mut ex) = self.execs.get(exec_id) else {
             return;
@@ -270,7 +303,12 @@ impl Containers {
             Err(e) => {
                 tracing::warn!(%exec_id, error = %e, "exec start failed");
                 ex.running = false;
-                ex.exit_code = Some(126);
+                // The shim records the same code; this answer may reach inspect first.
+                ex.exit_code = Some(if e.to_string().contains("executable file not found") {
+                    127
+                } else {
+                    126
+                });
             }
         }
         self.execs.put(ex);

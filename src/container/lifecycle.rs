@@ -313,10 +313,9 @@ impl Containers {
                 if cur.state.status != Status::Restarting {
                     return;
                 }
-                let _ = me.update(&id, |r| {
-                    r.state.status = Status::Exited;
-                    r.state.restart_count += 1;
-                });
+                // Still "restarting" until the start succeeds (or fails): a client never sees
+                // an exited state with the new count but the next run's reset exit code.
+                let _ = me.update(&id, |r| r.state.restart_count += 1);
                 if let Err(e) = me.start_locked(&id, false).await {
                     tracing::warn!(%id, error = %e, "restart by policy failed");
                 }
@@ -551,6 +550,11 @@ impl Containers {
         let code = rec.state.exit_code;
         self.net.release(id).await?;
         Rootfs::new(&self.paths.data_root, id).remove()?;
+        self.execs.forget_container(id);
+        // The record goes before `wait?condition=removed` is answered (by the shim, or here
+        // for waits queued before a start): `docker run --rm` returns only then, and a
+        // `docker ps -a` right after it must not list the container.
+        self.forget(id)?;
         let shim = self.shim(id);
         let _ = shim.call(ShimRequest::Removed, None).await;
         for p in self.pending.take(id) {
@@ -566,8 +570,9 @@ impl Containers {
                 }
             }
         }
-        self.execs.forget_container(id);
-        self.forget(id)?;
+        if let Err(e) = self.images.release_retained(&rec.image_id) {
+            tracing::warn!(image = %rec.image_id, error = %e, "release a deleted image's layers");
+        }
         self.event(&rec, "destroy", &[]);
         self.notify_exit(id);
         Ok(())

@@ -296,9 +296,17 @@ impl Containers {
                 }
             }
         }
+        // dockerd shows the image id once the name no longer points at the container's image
+        // (retagged, or deleted with rmi -f).
+        let mut image = rec.config.image.clone().unwrap_or_default();
+        if image != rec.image_id
+            && self.images.id_of(&image).ok().flatten().as_deref() != Some(&rec.image_id)
+        {
+            image = rec.image_id.clone();
+        }
         json!({
             "Id": rec.id, "Names": [format!("/{}", rec.name)],
-            "Image": rec.config.image.clone().unwrap_or_default(), "ImageID": rec.image_id,
+            "Image": image, "ImageID": rec.image_id,
             "Command": command_string(rec), "Created": rec.created_ns / 1_000_000_000,
             "Ports": ports, "Labels": sorted(&rec.config.labels).as_object().cloned().unwrap_or_default(),
             "State": rec.state.status.as_str(), "Status": status_string(&rec.state, now_ns()),

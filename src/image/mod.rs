@@ -84,6 +84,9 @@ pub struct ImageStore {
     layers: Layers,
     images: Table,
     refs: Table,
+    /// Images deleted (`rmi -f`) while stopped containers still use them: no longer listed
+    /// or resolvable, but their layers stay until the last such container is removed.
+    retained: Table,
     events: Arc<EventBus>,
     lock: Mutex<()>,
     in_use: RwLock<InUseChecker>,
@@ -138,6 +141,7 @@ impl ImageStore {
             tmp,
             images: store.table("images")?,
             refs: store.table("refs")?,
+            retained: store.table("retained_images")?,
             events,
             lock: Mutex::new(()),
             in_use: RwLock::new(Arc::new(|_: &str| None)),
@@ -262,6 +266,11 @@ impl ImageStore {
         })
     }
 
+    /// The id a reference, full id or id prefix names, if any (no config parsing).
+    pub fn id_of(&self, reference: &str) -> ApiResult<Option<String>> {
+        self.find_id(reference)
+    }
+
     /// Resolves a reference for container create: 404 `No such image: <ref>` when missing.
     pub fn resolve(&self, reference: &str) -> ApiResult<ImageRecord> {
         let id = self
@@ -270,9 +279,13 @@ impl ImageStore {
         self.record_of(self.meta(&id)?)
     }
 
-    /// The overlayfs lower dirs of an image, topmost first.
+    /// The overlayfs lower dirs of an image (also of one deleted while a container still
+    /// uses it), topmost first.
     pub fn layer_dirs(&self, image_id: &str) -> ApiResult<Vec<PathBuf>> {
-        let meta = self.meta(image_id)?;
+        let meta = match self.retained.get::<ImageMeta>(image_id)? {
+            Some(m) => m,
+            None => self.meta(image_id)?,
+        };
         meta.layers
             .iter()
             .rev()

@@ -1,5 +1,7 @@
 //! `docker tag` and `docker rmi`, with dockerd's untag/delete semantics and conflict
-//! messages. Layers no other image uses are deleted with the image.
+//! messages. Layers no other image uses are deleted with the image, except while a stopped
+//! container still uses a force-deleted image: its layers are retained until that
+//! container is removed.
 
 use super::reference::{familiar, Reference};
 use super::{ImageMeta, ImageStore};
@@ -116,8 +118,41 @@ impl ImageStore {
         for k in self.refs_of(&id)? {
             self.untag(&k, &id, &mut out)?;
         }
-        self.delete_image(&id, &mut out)?;
+        if in_use(&id).is_some() {
+            // Forced past a stopped container: the image goes, its layers stay for the
+            // container (dockerd's layer store keeps them referenced by its RW layer).
+            self.retain_image(&id, &mut out)?;
+        } else {
+            self.delete_image(&id, &mut out)?;
+        }
         Ok(out)
+    }
+
+    /// Deletes an image record but keeps its config blob and layers for the containers
+    /// that still use it, until [`ImageStore::release_retained`].
+    fn retain_image(&self, id: &str, out: &mut Vec<Value>) -> ApiResult<()> {
+        let _g = self.guard();
+        let meta: ImageMeta = self.meta(id)?;
+        self.retained.put(id, &meta)?;
+        self.images.remove(id)?;
+        self.event("delete", id, id);
+        out.push(json!({ "Deleted": id }));
+        Ok(())
+    }
+
+    /// Called after a container is removed: an image deleted while that container used it
+    /// is now deleted for real (with the layers nothing else uses) once no container uses it.
+    pub fn release_retained(&self, id: &str) -> ApiResult<()> {
+        if self.retained.get::<ImageMeta>(id)?.is_none() || self.in_use_checker()(id).is_some() {
+            return Ok(());
+        }
+        let _g = self.guard();
+        let Some(meta) = self.retained.get::<ImageMeta>(id)? else {
+            return Ok(());
+        };
+        self.retained.remove(id)?;
+        self.drop_unused_layers(id, &meta)?;
+        Ok(())
     }
 
     /// `POST /images/prune`: deletes dangling images (with `all`, every image no container
@@ -147,23 +182,39 @@ impl ImageStore {
         let _g = self.guard();
         let meta: ImageMeta = self.meta(id)?;
         self.images.remove(id)?;
-        let still: HashSet<String> = self
+        self.event("delete", id, id);
+        out.push(json!({ "Deleted": id }));
+        let removed = self.drop_unused_layers(id, &meta)?;
+        let mut freed = 0;
+        for (chain, size) in removed {
+            freed += size;
+            out.push(json!({ "Deleted": chain }));
+        }
+        Ok(freed)
+    }
+
+    /// Removes a gone image's config blob and the layers of `meta` that no image (nor a
+    /// retained one) uses; returns the removed chain ids, topmost first, with their sizes.
+    /// The caller holds the guard and has already removed the image's record.
+    fn drop_unused_layers(&self, id: &str, meta: &ImageMeta) -> ApiResult<Vec<(String, u64)>> {
+        let mut still: HashSet<String> = self
             .all_images()?
             .into_iter()
             .flat_map(|m| m.layers)
             .collect();
+        for (_, m) in self.retained.all::<ImageMeta>()? {
+            still.extend(m.layers);
+        }
         self.blobs.remove(id)?;
-        self.event("delete", id, id);
-        out.push(json!({ "Deleted": id }));
-        let mut freed = 0;
+        let mut removed = Vec::new();
         for chain in meta.layers.iter().rev() {
             if !still.contains(chain) {
-                freed += self.layers.get(chain)?.map(|m| m.size).unwrap_or(0);
+                let size = self.layers.get(chain)?.map(|m| m.size).unwrap_or(0);
                 self.layers.remove(chain)?;
-                out.push(json!({ "Deleted": chain }));
+                removed.push((chain.clone(), size));
             }
         }
-        Ok(freed)
+        Ok(removed)
     }
 }
 

@@ -3,6 +3,8 @@
 //! docker CLI. Everything is torn down on drop, also when the test fails.
 #![allow(dead_code)]
 
+pub mod pty;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

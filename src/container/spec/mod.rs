@@ -294,7 +294,7 @@ pub fn build_with(input: &SpecInput, host: &HostInfo) -> ApiResult<Spec> {
     u.set_additional_gids(Some(additional));
     let mut p = Process::default();
     p.set_terminal(Some(cfg.tty.unwrap_or(false)));
-    p.set_console_size(None);
+    p.set_console_size(process::console_size(cfg, hc));
     p.set_user(u);
     p.set_args(Some(args));
     let home = user_home(input.rootfs, cfg.user.as_deref().unwrap_or(""))?;

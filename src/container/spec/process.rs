@@ -2,7 +2,9 @@
 
 use crate::error::{ApiError, ApiResult};
 use berth_api::models;
-use oci_spec::runtime::{PosixRlimit, PosixRlimitBuilder, PosixRlimitType};
+use oci_spec::runtime::{
+    Box as ConsoleBox, BoxBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
+};
 
 /// The `PATH` dockerd gives a container whose environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -88,6 +90,29 @@ pub fn process_args(config: &models::ContainerConfig) -> ApiResult<Vec<String>> 
         return Err(ApiError::BadRequest("No command specified".into()));
     }
     Ok(args)
+}
+
+/// The initial size of the container's tty from `HostConfig.ConsoleSize` (`[height, width]`,
+/// which the CLI fills from its terminal): `None` without a tty or when the CLI sent `[0,0]`.
+/// The shim applies it to the pty before the process starts, so the first `stty size` in the
+/// container already sees it (the CLI's `resize` only comes after the start).
+pub fn console_size(
+    config: &models::ContainerConfig,
+    host_config: &models::HostConfig,
+) -> Option<ConsoleBox> {
+    if !config.tty.unwrap_or(false) {
+        return None;
+    }
+    let size = host_config.console_size.as_deref()?;
+    let (h, w) = (*size.first()?, *size.get(1)?);
+    if h == 0 && w == 0 {
+        return None;
+    }
+    BoxBuilder::default()
+        .height(u64::try_from(h).ok()?)
+        .width(u64::try_from(w).ok()?)
+        .build()
+        .ok()
 }
 
 /// Converts `HostConfig.Ulimits` into spec rlimits (`nofile` → `RLIMIT_NOFILE`). Negative
@@ -188,6 +213,24 @@ mod tests {
         );
         let err = process_args(&models::ContainerConfig::default()).expect_err("should fail");
         assert_eq!(err, ApiError::BadRequest("No command specified".into()));
+    }
+
+    #[test]
+    fn console_size_only_with_a_tty_and_a_size() {
+        let tty = models::ContainerConfig {
+            tty: Some(true),
+            ..Default::default()
+        };
+        let hc = |v: Vec<usize>| models::HostConfig {
+            console_size: Some(v),
+            ..Default::default()
+        };
+        let b = console_size(&tty, &hc(vec![37, 111])).expect("a size");
+        assert_eq!((b.height(), b.width()), (37, 111));
+        assert!(console_size(&tty, &hc(vec![0, 0])).is_none());
+        assert!(console_size(&tty, &hc(vec![5])).is_none());
+        assert!(console_size(&tty, &models::HostConfig::default()).is_none());
+        assert!(console_size(&models::ContainerConfig::default(), &hc(vec![37, 111])).is_none());
     }
 
     #[test]

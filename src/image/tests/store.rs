@@ -322,6 +322,39 @@ fn rmi_keeps_shared_layers_and_refuses_multi_repo_ids() -> ApiResult<()> {
 }
 
 #[test]
+fn rmi_forced_past_a_stopped_container_keeps_its_layers_until_released() -> ApiResult<()> {
+    let ts = TestStore::new();
+    let l1 = rootfs_tar();
+    let id = ts
+        .images
+        .import(&mut std::io::Cursor::new(&l1), Some("solo:1"), &[], "")?;
+    let cid = "d463b6910b7e0000000000000000000000000000000000000000000000000000".to_string();
+    let stopped = |_: &str| Some((cid.clone(), false));
+    let out = ts.images.remove("solo:1", true, false, &stopped)?;
+    assert_eq!(untagged(&out), vec!["solo:1"]);
+    assert_eq!(deleted(&out), vec![id.clone()]);
+    assert_eq!(ts.images.count(), 0);
+    assert!(ts.images.resolve(&id).is_err_and(|e| e.status() == 404));
+    // The container still finds its layers.
+    let dirs = ts.images.layer_dirs(&id)?;
+    assert!(dirs.iter().all(|d| d.exists()));
+    // Still used: nothing is released.
+    let user = cid.clone();
+    ts.images
+        .set_in_use_checker(std::sync::Arc::new(move |_: &str| {
+            Some((user.clone(), false))
+        }));
+    ts.images.release_retained(&id)?;
+    assert!(dirs.iter().all(|d| d.exists()));
+    // The last user is gone: the layers go too.
+    ts.images.set_in_use_checker(std::sync::Arc::new(none));
+    ts.images.release_retained(&id)?;
+    assert!(dirs.iter().all(|d| !d.exists()));
+    assert!(ts.images.layer_dirs(&id).is_err());
+    Ok(())
+}
+
+#[test]
 fn list_filters_work() -> ApiResult<()> {
     let ts = TestStore::new();
     let (l1, l2) = (rootfs_tar(), layer2_tar());
