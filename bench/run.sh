@@ -4,6 +4,7 @@
 #   RSS per shim (berth-shim vs containerd-shim-runc-v2).
 # dockerd (Debian docker.io) runs on its own socket and data root and is stopped afterwards;
 # the firewall ruleset is saved before and restored after (dockerd rewrites iptables).
+# DOCKERD_ARGS adds dockerd flags (e.g. --iptables=false while other tests share the host).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-15}
@@ -22,8 +23,11 @@ if ! command -v dockerd >/dev/null; then
   [ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d
   pkill -x dockerd 2>/dev/null || true
 fi
-nft list ruleset > "$W/ruleset.nft"
+# dockerd's iptables rules live in the ip/ip6 filter/nat tables: remember which existed and
+# their contents; berth's own (inet) tables and anything else are left alone.
+nft list tables > "$W/tables.before" 2>/dev/null || true
 iptables-save > "$W/iptables.save" 2>/dev/null || true
+ip6tables-save > "$W/ip6tables.save" 2>/dev/null || true
 
 cleanup() {
   set +e
@@ -35,9 +39,12 @@ cleanup() {
   sleep 1
   grep " $W" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
   ip link del bbench0 2>/dev/null; ip link del docker0 2>/dev/null
-  nft flush ruleset && nft -f "$W/ruleset.nft"
+  for t in "ip filter" "ip nat" "ip mangle" "ip raw" "ip6 filter" "ip6 nat" "ip6 mangle" "ip6 raw"; do
+    grep -qx "table $t" "$W/tables.before" || nft delete table $t 2>/dev/null
+  done
   [ -s "$W/iptables.save" ] && iptables-restore < "$W/iptables.save" 2>/dev/null
-  rm -rf "$W"
+  [ -s "$W/ip6tables.save" ] && ip6tables-restore < "$W/ip6tables.save" 2>/dev/null
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
 }
 trap cleanup EXIT
 
@@ -52,7 +59,7 @@ target/release/berthd -H "unix://$BERTH_SOCK" --data-root "$W/berth" --exec-root
   --bridge bbench0 --bip 10.231.0.1/24 --nft-table bbench --cgroup-parent /bbench >"$W/berthd.log" 2>&1 &
 BPID=$!
 dockerd -H "unix://$DOCKER_SOCK" --data-root "$W/docker" --exec-root "$W/dockerx" \
-  --pidfile "$W/docker.pid" >"$W/dockerd.log" 2>&1 &
+  --pidfile "$W/docker.pid" ${DOCKERD_ARGS:-} >"$W/dockerd.log" 2>&1 &
 DPID=$!
 for s in "$BERTH_SOCK" "$DOCKER_SOCK"; do
   for _ in $(seq 300); do DOCKER_HOST=unix://$s docker version >/dev/null 2>&1 && break; sleep 0.1; done
@@ -76,7 +83,8 @@ for who in berth docker; do
   done > "$W/$who.run"
   R[$who.run_ms]=$(median < "$W/$who.run")
   s=$(date +%s%N)
-  for i in $(seq "$PAR"); do docker run -d bb:bench sleep 3600 >/dev/null & done; wait
+  jobs_=(); for i in $(seq "$PAR"); do docker run -d bb:bench sleep 3600 >/dev/null & jobs_+=($!); done
+  wait "${jobs_[@]}"
   e=$(date +%s%N)
   R[$who.par_ms]=$(( (e - s) / 1000000 ))
   sleep 2

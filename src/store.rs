@@ -27,7 +27,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::LowSpace)
-            .cache_capacity(8 * 1024 * 1024)
+            .cache_capacity(1024 * 1024)
             .open()
             .map_err(|e| ApiError::internal(&format!("open store {}", dir.display()), e))?;
         let store = Store { db };
