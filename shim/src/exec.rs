@@ -92,6 +92,7 @@ pub fn start_exec(shim: &Rc<Shim>, p: ExecParams, fd: Option<OwnedFd>) -> ShimRe
                 let _guard = guard;
                 run_io(shim2, p, parent, pty, fd).await;
             });
+            crate::sys::trim_readonly_file_pages();
             ShimResponse::ExecStarted { pid }
         }
         Err(message) => {

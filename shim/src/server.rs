@@ -276,6 +276,7 @@ fn start(shim: &Shim) -> ShimResponse {
             drop(life);
             shim.bump();
             tracing::info!("container started");
+            crate::sys::trim_readonly_file_pages();
             ShimResponse::Ok
         }
         Err(e) => err(
