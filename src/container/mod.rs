@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod create;
 pub mod exec;
 pub mod lifecycle;
+pub mod monitor;
 pub mod pending;
 pub mod record;
 pub mod rootfs;

@@ -1,0 +1,180 @@
+//! Following each shim's events, exit handling (restart policies, auto-removal) and
+//! re-adoption of shims after a daemon (re)start.
+
+use super::lifecycle::read_exit_file;
+use super::record::Status;
+use super::{now_ns, Containers};
+use berth_api::shim::{ExitRecord, ShimEvent, ShimRequest, ShimResponse};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Containers {
+    /// Follows a shim's events until its container's exit is handled.
+    pub(crate) fn spawn_monitor(self: &Arc<Self>, id: String) {
+        let me = self.clone();
+        tokio::spawn(async move { me.monitor(id).await });
+    }
+
+    async fn monitor(self: Arc<Self>, id: String) {
+        let mut sub = match self.shim(&id).subscribe().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "cannot follow shim");
+                self.shim_lost(&id).await;
+                return;
+            }
+        };
+        while let Some(ev) = sub.next().await {
+            match ev {
+                ShimEvent::Exit(x) => {
+                    self.handle_exit(&id, &x).await;
+                    if let Err(e) = sub.send(&ShimRequest::AckExit { pid: x.pid }) {
+                        tracing::warn!(%id, error = %e, "acknowledge exit");
+                    }
+                    return;
+                }
+                ShimEvent::Oom => {
+                    if let Ok(rec) = self.lookup(&id) {
+                        self.event(&rec, "oom", &[]);
+                    }
+                }
+                ShimEvent::ExecExit { exec_id, code } => {
+                    self.execs.finished(&exec_id, code);
+                    if let Ok(rec) = self.lookup(&id) {
+                        let cmd = self.execs.command_line(&exec_id);
+                        self.event(
+                            &rec,
+                            &format!("exec_die: {cmd}"),
+                            &[("execID", exec_id.clone()), ("exitCode", code.to_string())],
+                        );
+                    }
+                }
+            }
+        }
+        self.shim_lost(&id).await;
+    }
+
+    /// The shim closed without an exit being handled: use its exit file, or record the
+    /// loss explicitly (never a made-up code).
+    async fn shim_lost(self: &Arc<Self>, id: &str) {
+        let Ok(rec) = self.lookup(id) else { return };
+        if !rec.state.status.is_live() && rec.state.status != Status::Restarting {
+            return;
+        }
+        if let Some(x) = read_exit_file(&self.paths.exit_file(id)) {
+            self.handle_exit(id, &x).await;
+            return;
+        }
+        let pid = rec.state.pid;
+        if pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::error!(%id, pid, "shim is gone but the container runs; it is no longer monitored");
+            return;
+        }
+        let _ = self.update(id, |r| {
+            r.state.exited(255, false, now_ns());
+            r.state.error = "shim exited without an exit record: exit status unknown".into();
+        });
+        self.notify_exit(id);
+    }
+
+    /// Records an exit (idempotent), emits events, then applies auto-remove or the
+    /// restart policy.
+    pub(crate) async fn handle_exit(self: &Arc<Self>, id: &str, x: &ExitRecord) {
+        let Ok(before) = self.lookup(id) else { return };
+        if !before.state.status.is_live() && before.state.finished_at_ns == x.finished_at_ns {
+            return;
+        }
+        let rec = match self.update(id, |r| {
+            r.state.exited(x.code, x.oom_killed, x.finished_at_ns)
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(%id, error = %e, "recording exit failed");
+                return;
+            }
+        };
+        if x.oom_killed {
+            self.event(&rec, "oom", &[]);
+        }
+        self.event(&rec, "die", &[("exitCode", x.code.to_string())]);
+        self.notify_exit(id);
+        if rec.host_config.auto_remove == Some(true) {
+            let me = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move {
+                let _g = me.lock(&id).await;
+                if let Err(e) = me.remove_locked(&id, true).await {
+                    tracing::warn!(%id, error = %e, "auto-remove failed");
+                }
+            });
+        } else if rec.should_restart(x.code) {
+            let ran_ns = x.finished_at_ns - before.state.started_at_ns;
+            let count = if ran_ns > 10_000_000_000 {
+                0
+            } else {
+                rec.state.restart_count
+            };
+            let delay = Duration::from_millis(100u64 << count.clamp(0, 9) as u64);
+            let _ = self.update(id, |r| r.state.status = Status::Restarting);
+            let me = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _g = me.lock(&id).await;
+                let Ok(cur) = me.lookup(&id) else { return };
+                if cur.state.status != Status::Restarting {
+                    return;
+                }
+                let _ = me.update(&id, |r| {
+                    r.state.status = Status::Exited;
+                    r.state.restart_count += 1;
+                });
+                if let Err(e) = me.start_locked(&id, false).await {
+                    tracing::warn!(%id, error = %e, "restart by policy failed");
+                }
+            });
+        }
+    }
+
+    /// After a daemon start: re-adopt live shims, record exits that happened while no
+    /// daemon ran, finish interrupted removals, apply restart policies.
+    pub async fn restore(self: &Arc<Self>) {
+        let all = self.all();
+        let ids: Vec<String> = all.iter().map(|r| r.id.clone()).collect();
+        if let Err(e) = self.net.reconcile(&ids).await {
+            tracing::warn!(error = %e, "network reconcile");
+        }
+        for rec in all {
+            let id = rec.id.clone();
+            match rec.state.status {
+                Status::Running | Status::Paused => {
+                    let shim = self.shim(&id);
+                    match shim.call(ShimRequest::State, None).await {
+                        Ok(ShimResponse::State(st)) => {
+                            tracing::info!(%id, pid = st.pid, "re-adopted shim");
+                            self.spawn_monitor(id);
+                        }
+                        _ => self.shim_lost(&id).await,
+                    }
+                }
+                Status::Restarting => {
+                    let _ = self.update(&id, |r| r.state.status = Status::Exited);
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _g = me.lock(&id).await;
+                        if let Err(e) = me.start_locked(&id, false).await {
+                            tracing::warn!(%id, error = %e, "restart by policy after daemon start");
+                        }
+                    });
+                }
+                Status::Removing => {
+                    let _g = self.lock(&id).await;
+                    if let Err(e) = self.remove_locked(&id, true).await {
+                        tracing::warn!(%id, error = %e, "finishing interrupted removal");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
