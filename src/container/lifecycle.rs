@@ -103,6 +103,7 @@ impl Containers {
         self.update(id, |r| r.attachment = att_json)?;
         let bundle = self.write_bundle(rec, &merged, netns.as_deref(), &etc)?;
         let shim_cfg = self.write_shim_config(rec, &bundle)?;
+        self.retire_previous_shim(id).await;
         let _ = std::fs::remove_file(self.paths.exit_file(id));
         let pid = crate::master::spawn_shim(&self.paths.shim_binary, &shim_cfg).await?;
         let shim = self.shim(id);
