@@ -202,25 +202,11 @@ impl Containers {
         let gen0 = *rx.borrow();
         let sig = parse_signal(&rec.stop_signal()).unwrap_or(libc::SIGTERM);
         let timeout = t.unwrap_or_else(|| rec.stop_timeout());
-        shim.call(
-            ShimRequest::Kill {
-                signal: sig,
-                all: false,
-            },
-            None,
-        )
-        .await?;
+        self.signal_container(id, sig, false).await?;
         self.event(&rec, "kill", &[("signal", sig.to_string())]);
         let limit = (timeout >= 0).then(|| Duration::from_secs(timeout as u64));
         if !self.wait_exit(&mut rx, gen0, limit).await {
-            shim.call(
-                ShimRequest::Kill {
-                    signal: libc::SIGKILL,
-                    all: true,
-                },
-                None,
-            )
-            .await?;
+            self.signal_container(id, libc::SIGKILL, true).await?;
             self.event(&rec, "kill", &[("signal", libc::SIGKILL.to_string())]);
             if !self
                 .wait_exit(&mut rx, gen0, Some(Duration::from_secs(30)))
@@ -252,14 +238,7 @@ impl Containers {
         let mut rx = self.exit_watch(&id);
         let gen0 = *rx.borrow();
         self.update(&id, |r| r.state.manually_stopped = true)?;
-        self.shim(&id)
-            .call(
-                ShimRequest::Kill {
-                    signal: sig,
-                    all: sig == libc::SIGKILL,
-                },
-                None,
-            )
+        self.signal_container(&id, sig, sig == libc::SIGKILL)
             .await?;
         self.event(&rec, "kill", &[("signal", sig.to_string())]);
         if sig == libc::SIGKILL {
@@ -363,14 +342,7 @@ impl Containers {
             if rec.state.status == Status::Paused {
                 let _ = shim.call(ShimRequest::Resume, None).await;
             }
-            shim.call(
-                ShimRequest::Kill {
-                    signal: libc::SIGKILL,
-                    all: true,
-                },
-                None,
-            )
-            .await?;
+            self.signal_container(id, libc::SIGKILL, true).await?;
             self.event(&rec, "kill", &[("signal", libc::SIGKILL.to_string())]);
             if !self
                 .wait_exit(&mut rx, gen0, Some(Duration::from_secs(30)))

@@ -65,16 +65,13 @@ impl Containers {
             self.handle_exit(id, &x).await;
             return;
         }
-        let pid = rec.state.pid;
-        if pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            tracing::error!(%id, pid, "shim is gone but the container runs; it is no longer monitored");
+        if !rec.state.status.is_live() {
             return;
         }
-        let _ = self.update(id, |r| {
-            r.state.exited(255, false, now_ns());
-            r.state.error = "shim exited without an exit record: exit status unknown".into();
-        });
-        self.notify_exit(id);
+        let pid = rec.state.pid;
+        if !self.adopt_orphan(id, pid) {
+            self.unknown_exit(id, pid).await;
+        }
     }
 
     /// Records an exit (idempotent), emits events, then applies auto-remove or the
