@@ -36,7 +36,9 @@ impl Containers {
         self.start_locked(&id, true).await
     }
 
-    /// Starts with the op lock held; `user` marks a start asked for by a client.
+    /// Starts with the op lock held; `user` marks a start asked for by a client, otherwise
+    /// it is a restart by policy, counted in `RestartCount` in the same store update as its
+    /// outcome (a daemon killed in between neither loses nor repeats the count).
     pub(crate) async fn start_locked(self: &Arc<Self>, id: &str, user: bool) -> ApiResult<()> {
         let rec = self.lookup(id)?;
         rec.state.check_start(id)?;
@@ -46,6 +48,8 @@ impl Containers {
                     r.state.started(pid, 0, now_ns());
                     if user {
                         r.state.manually_stopped = false;
+                    } else {
+                        r.state.restart_count += 1;
                     }
                 })?;
                 self.event(&rec, "start", &[]);
@@ -55,7 +59,12 @@ impl Containers {
             Err(e) => {
                 let msg = e.to_string();
                 let code = start_error_code(&msg);
-                let rec = self.update(id, |r| r.state.start_failed(code, &msg, now_ns()))?;
+                let rec = self.update(id, |r| {
+                    r.state.start_failed(code, &msg, now_ns());
+                    if !user {
+                        r.state.restart_count += 1;
+                    }
+                })?;
                 for p in self.pending.take(id) {
                     match p {
                         Pending::Attach(_, fd) => close_attach(fd),

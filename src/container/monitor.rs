@@ -191,6 +191,9 @@ impl Containers {
                 let started = st.started_at_ns.unwrap_or_else(now_ns);
                 let paused = st.status == ShimStatus::Paused;
                 let res = self.update(id, |r| {
+                    if r.state.status == Status::Restarting {
+                        r.state.restart_count += 1;
+                    }
                     r.state.started(st.pid, 0, started);
                     if paused {
                         r.state.status = Status::Paused;
@@ -233,10 +236,6 @@ impl Containers {
             if cur.state.status != Status::Restarting {
                 return;
             }
-            let _ = me.update(&id, |r| {
-                r.state.status = Status::Exited;
-                r.state.restart_count += 1;
-            });
             if let Err(e) = me.start_locked(&id, false).await {
                 tracing::warn!(%id, error = %e, "restart by policy failed");
             }
