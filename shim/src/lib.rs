@@ -161,7 +161,7 @@ fn run<I: IntoIterator<Item = OsString>>(argv: I, ready: &mut Ready) -> Result<i
     if let Some(m) = master.as_ref() {
         apply_console_size(m, &spec);
     }
-    let listener = match bind_ctl(&cfg) {
+    let (listener, ctl_ident) = match bind_ctl(&cfg) {
         Ok(l) => l,
         Err(e) => return Err(abort(&mut container, e)),
     };
@@ -194,7 +194,10 @@ fn run<I: IntoIterator<Item = OsString>>(argv: I, ready: &mut Ready) -> Result<i
         streams: Cell::new(0),
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, serve(shim, parent, master, listener, ready))
+    local.block_on(
+        &rt,
+        serve(shim, parent, master, (listener, ctl_ident), ready),
+    )
 }
 
 /// Gives the pty the spec's `process.consoleSize` before the process starts (libcontainer
@@ -210,13 +213,22 @@ fn apply_console_size(master: &OwnedFd, spec: &libcontainer::oci_spec::runtime::
     }
 }
 
-fn bind_ctl(cfg: &ShimConfig) -> Result<OwnedFd> {
+/// Device and inode of a path, to tell our control socket from a successor's.
+fn path_ident(p: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Binds the control socket; returns it with the identity of its path.
+fn bind_ctl(cfg: &ShimConfig) -> Result<(OwnedFd, Option<(u64, u64)>)> {
     let fd = berth_api::transport::listen(&cfg.ctl_socket)
         .with_context(|| format!("bind control socket {}", cfg.ctl_socket.display()))?;
     std::fs::set_permissions(&cfg.ctl_socket, std::fs::Permissions::from_mode(0o700))
         .context("chmod control socket")?;
     sys::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
-    Ok(fd)
+    Ok((fd, path_ident(&cfg.ctl_socket)))
 }
 
 /// Reads one output source of the container into the hub until end of stream.
@@ -252,7 +264,7 @@ async fn serve(
     mut shim: Shim,
     parent: stdio::ParentIo,
     master: Option<OwnedFd>,
-    listener: OwnedFd,
+    (listener, ctl_ident): (OwnedFd, Option<(u64, u64)>),
     ready: &mut Ready,
 ) -> Result<i32> {
     let sigchld = signal(SignalKind::child()).context("watch SIGCHLD")?;
@@ -320,7 +332,11 @@ async fn serve(
         }
     }
     reaper::delete_container(&shim);
-    let _ = std::fs::remove_file(&shim.cfg.ctl_socket);
+    // A shim started for the container's next run may have bound the same path since:
+    // remove the socket only while it is still ours.
+    if ctl_ident.is_some() && path_ident(&shim.cfg.ctl_socket) == ctl_ident {
+        let _ = std::fs::remove_file(&shim.cfg.ctl_socket);
+    }
     tracing::info!("shim exiting");
     Ok(0)
 }

@@ -360,3 +360,27 @@ fn oom_kill_is_flagged_in_the_exit_record() -> Result<()> {
     assert!(rec.oom_killed, "{rec:?}");
     Ok(())
 }
+
+#[test]
+fn exiting_shim_leaves_a_successors_control_socket() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut fx = Fixture::start(&["true"], Opts::default())?;
+    let pid = fx.pid()?;
+    let events = fx.connect()?;
+    assert_eq!(events.call(&ShimRequest::Subscribe)?, ShimResponse::Ok);
+    let ctl = fx.connect()?;
+    assert_eq!(ctl.call(&ShimRequest::Start)?, ShimResponse::Ok);
+    assert_eq!(next_exit_event(&events)?.code, 0);
+    // The shim of the container's next run binds the same path before this one is done.
+    let successor = berth_api::transport::listen(&fx.cfg.ctl_socket)?;
+    assert_eq!(ctl.call(&ShimRequest::AckExit { pid })?, ShimResponse::Ok);
+    assert_eq!(fx.wait_shim_exit(Duration::from_secs(5))?, 0);
+    assert!(
+        fx.cfg.ctl_socket.exists(),
+        "the old shim removed its successor's control socket"
+    );
+    drop(successor);
+    Ok(())
+}

@@ -1,13 +1,12 @@
-//! Start, stop, kill, restart, pause, rename and remove; following each shim's events;
-//! exit handling with restart policies and auto-removal; re-adoption of shims after a
-//! daemon restart.
+//! Start, stop, kill, restart, pause, rename and remove. Following each shim's events,
+//! exit handling and re-adoption after a daemon restart are in [`super::monitor`].
 
 use super::pending::{answer_wait, close_attach, Pending};
 use super::record::{parse_signal, Record, Status};
 use super::rootfs::Rootfs;
 use super::{now_ns, Containers};
 use crate::error::{ApiError, ApiResult};
-use berth_api::shim::{ExitRecord, ShimEvent, ShimRequest, ShimResponse, WaitCondition};
+use berth_api::shim::{ExitRecord, ShimRequest, WaitCondition};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +36,9 @@ impl Containers {
         self.start_locked(&id, true).await
     }
 
-    /// Starts with the op lock held; `user` marks a start asked for by a client.
+    /// Starts with the op lock held; `user` marks a start asked for by a client, otherwise
+    /// it is a restart by policy, counted in `RestartCount` in the same store update as its
+    /// outcome (a daemon killed in between neither loses nor repeats the count).
     pub(crate) async fn start_locked(self: &Arc<Self>, id: &str, user: bool) -> ApiResult<()> {
         let rec = self.lookup(id)?;
         rec.state.check_start(id)?;
@@ -47,6 +48,8 @@ impl Containers {
                     r.state.started(pid, 0, now_ns());
                     if user {
                         r.state.manually_stopped = false;
+                    } else {
+                        r.state.restart_count += 1;
                     }
                 })?;
                 self.event(&rec, "start", &[]);
@@ -56,7 +59,12 @@ impl Containers {
             Err(e) => {
                 let msg = e.to_string();
                 let code = start_error_code(&msg);
-                let rec = self.update(id, |r| r.state.start_failed(code, &msg, now_ns()))?;
+                let rec = self.update(id, |r| {
+                    r.state.start_failed(code, &msg, now_ns());
+                    if !user {
+                        r.state.restart_count += 1;
+                    }
+                })?;
                 for p in self.pending.take(id) {
                     match p {
                         Pending::Attach(_, fd) => close_attach(fd),
@@ -104,6 +112,7 @@ impl Containers {
         self.update(id, |r| r.attachment = att_json)?;
         let bundle = self.write_bundle(rec, &merged, netns.as_deref(), &etc)?;
         let shim_cfg = self.write_shim_config(rec, &bundle)?;
+        self.retire_previous_shim(id).await;
         let _ = std::fs::remove_file(self.paths.exit_file(id));
         let pid = crate::master::spawn_shim(&self.paths.shim_binary, &shim_cfg).await?;
         let shim = self.shim(id);
@@ -161,83 +170,10 @@ impl Containers {
         Ok((att.into_option(), netns))
     }
 
-    /// Follows a shim's events until its container's exit is handled.
-    pub(crate) fn spawn_monitor(self: &Arc<Self>, id: String) {
-        let me = self.clone();
-        tokio::spawn(async move { me.monitor(id).await });
-    }
-
-    async fn monitor(self: Arc<Self>, id: String) {
-        let mut sub = match self.shim(&id).subscribe().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%id, error = %e, "cannot follow shim");
-                self.shim_lost(&id).await;
-                return;
-            }
-        };
-        // dockerd emits one `oom` per OOM kill: remember the live one so the exit does not
-        // announce it again.
-        let mut oom_announced = false;
-        while let Some(ev) = sub.next().await {
-            match ev {
-                ShimEvent::Exit(x) => {
-                    self.record_exit(&id, &x, oom_announced).await;
-                    if let Err(e) = sub.send(&ShimRequest::AckExit { pid: x.pid }) {
-                        tracing::warn!(%id, error = %e, "acknowledge exit");
-                    }
-                    return;
-                }
-                ShimEvent::Oom => {
-                    if let Ok(rec) = self.lookup(&id) {
-                        self.event(&rec, "oom", &[]);
-                        oom_announced = true;
-                    }
-                }
-                ShimEvent::ExecExit { exec_id, code } => {
-                    self.execs.finished(&exec_id, code);
-                    if let Ok(rec) = self.lookup(&id) {
-                        // Unlike exec_create/exec_start, dockerd's exec_die carries no command.
-                        self.event(
-                            &rec,
-                            "exec_die",
-                            &[("execID", exec_id.clone()), ("exitCode", code.to_string())],
-                        );
-                    }
-                }
-            }
-        }
-        self.shim_lost(&id).await;
-    }
-
-    /// The shim closed without an exit being handled: use its exit file, or record the
-    /// loss explicitly (never a made-up code).
-    async fn shim_lost(self: &Arc<Self>, id: &str) {
-        let Ok(rec) = self.lookup(id) else { return };
-        if !rec.state.status.is_live() && rec.state.status != Status::Restarting {
-            return;
-        }
-        if let Some(x) = read_exit_file(&self.paths.exit_file(id)) {
-            self.handle_exit(id, &x).await;
-            return;
-        }
-        let pid = rec.state.pid;
-        if pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            tracing::error!(%id, pid, "shim is gone but the container runs; it is no longer monitored");
-            return;
-        }
-        let _ = self.update(id, |r| {
-            r.state.exited(255, false, now_ns());
-            r.state.error = "shim exited without an exit record: exit status unknown".into();
-        });
-        self.notify_exit(id);
-        self.release_endpoint_soon(id);
-    }
-
     /// Like dockerd on an exit: the stopped container leaves its network (veth and netns
     /// go, the address lease stays so the next start gets the same IP). Call with the
     /// container's op lock held and the container not running.
-    async fn release_endpoint(&self, id: &str) {
+    pub(crate) async fn release_endpoint(&self, id: &str) {
         if let Err(e) = self.net.detach(id).await {
             tracing::warn!(%id, error = %e, "release the network of a stopped container");
         }
@@ -245,7 +181,7 @@ impl Containers {
 
     /// [`Self::release_endpoint`] for an exit seen by the monitor: done under the op lock
     /// (after a stop or restart that holds it now), and only if no start came first.
-    fn release_endpoint_soon(self: &Arc<Self>, id: &str) {
+    pub(crate) fn release_endpoint_soon(self: &Arc<Self>, id: &str) {
         let me = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
@@ -258,71 +194,6 @@ impl Containers {
             }
         });
     }
-
-    /// Records an exit (idempotent), emits events, then applies auto-remove or the
-    /// restart policy.
-    pub(crate) async fn handle_exit(self: &Arc<Self>, id: &str, x: &ExitRecord) {
-        self.record_exit(id, x, false).await;
-    }
-
-    /// [`Self::handle_exit`], told whether the shim's live `oom` event was already published.
-    async fn record_exit(self: &Arc<Self>, id: &str, x: &ExitRecord, oom_announced: bool) {
-        let Ok(before) = self.lookup(id) else { return };
-        if !before.state.status.is_live() && before.state.finished_at_ns == x.finished_at_ns {
-            return;
-        }
-        let rec = match self.update(id, |r| {
-            r.state.exited(x.code, x.oom_killed, x.finished_at_ns)
-        }) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(%id, error = %e, "recording exit failed");
-                return;
-            }
-        };
-        if x.oom_killed && !oom_announced {
-            self.event(&rec, "oom", &[]);
-        }
-        self.event(&rec, "die", &[("exitCode", x.code.to_string())]);
-        self.notify_exit(id);
-        self.release_endpoint_soon(id);
-        if rec.host_config.auto_remove == Some(true) {
-            let me = self.clone();
-            let id = id.to_string();
-            tokio::spawn(async move {
-                let _g = me.lock(&id).await;
-                if let Err(e) = me.remove_locked(&id, true).await {
-                    tracing::warn!(%id, error = %e, "auto-remove failed");
-                }
-            });
-        } else if rec.should_restart(x.code) {
-            let ran_ns = x.finished_at_ns - before.state.started_at_ns;
-            let count = if ran_ns > 10_000_000_000 {
-                0
-            } else {
-                rec.state.restart_count
-            };
-            let delay = Duration::from_millis(100u64 << count.clamp(0, 9) as u64);
-            let _ = self.update(id, |r| r.state.status = Status::Restarting);
-            let me = self.clone();
-            let id = id.to_string();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _g = me.lock(&id).await;
-                let Ok(cur) = me.lookup(&id) else { return };
-                if cur.state.status != Status::Restarting {
-                    return;
-                }
-                // Still "restarting" until the start succeeds (or fails): a client never sees
-                // an exited state with the new count but the next run's reset exit code.
-                let _ = me.update(&id, |r| r.state.restart_count += 1);
-                if let Err(e) = me.start_locked(&id, false).await {
-                    tracing::warn!(%id, error = %e, "restart by policy failed");
-                }
-            });
-        }
-    }
-
     async fn wait_exit(
         &self,
         rx: &mut tokio::sync::watch::Receiver<u64>,
@@ -364,25 +235,11 @@ impl Containers {
         let gen0 = *rx.borrow();
         let sig = parse_signal(&rec.stop_signal()).unwrap_or(libc::SIGTERM);
         let timeout = t.unwrap_or_else(|| rec.stop_timeout());
-        shim.call(
-            ShimRequest::Kill {
-                signal: sig,
-                all: false,
-            },
-            None,
-        )
-        .await?;
+        self.signal_container(id, sig, false).await?;
         self.event(&rec, "kill", &[("signal", sig.to_string())]);
         let limit = (timeout >= 0).then(|| Duration::from_secs(timeout as u64));
         if !self.wait_exit(&mut rx, gen0, limit).await {
-            shim.call(
-                ShimRequest::Kill {
-                    signal: libc::SIGKILL,
-                    all: true,
-                },
-                None,
-            )
-            .await?;
+            self.signal_container(id, libc::SIGKILL, true).await?;
             self.event(&rec, "kill", &[("signal", libc::SIGKILL.to_string())]);
             if !self
                 .wait_exit(&mut rx, gen0, Some(Duration::from_secs(30)))
@@ -417,14 +274,7 @@ impl Containers {
         let mut rx = self.exit_watch(&id);
         let gen0 = *rx.borrow();
         self.update(&id, |r| r.state.manually_stopped = true)?;
-        self.shim(&id)
-            .call(
-                ShimRequest::Kill {
-                    signal: sig,
-                    all: sig == libc::SIGKILL,
-                },
-                None,
-            )
+        self.signal_container(&id, sig, sig == libc::SIGKILL)
             .await?;
         self.event(&rec, "kill", &[("signal", sig.to_string())]);
         if sig == libc::SIGKILL {
@@ -528,14 +378,7 @@ impl Containers {
             if rec.state.status == Status::Paused {
                 let _ = shim.call(ShimRequest::Resume, None).await;
             }
-            shim.call(
-                ShimRequest::Kill {
-                    signal: libc::SIGKILL,
-                    all: true,
-                },
-                None,
-            )
-            .await?;
+            self.signal_container(id, libc::SIGKILL, true).await?;
             self.event(&rec, "kill", &[("signal", libc::SIGKILL.to_string())]);
             if !self
                 .wait_exit(&mut rx, gen0, Some(Duration::from_secs(30)))
@@ -576,48 +419,6 @@ impl Containers {
         self.event(&rec, "destroy", &[]);
         self.notify_exit(id);
         Ok(())
-    }
-
-    /// After a daemon start: re-adopt live shims, record exits that happened while no
-    /// daemon ran, finish interrupted removals, apply restart policies.
-    pub async fn restore(self: &Arc<Self>) {
-        let all = self.all();
-        let ids: Vec<String> = all.iter().map(|r| r.id.clone()).collect();
-        if let Err(e) = self.net.reconcile(&ids).await {
-            tracing::warn!(error = %e, "network reconcile");
-        }
-        for rec in all {
-            let id = rec.id.clone();
-            match rec.state.status {
-                Status::Running | Status::Paused => {
-                    let shim = self.shim(&id);
-                    match shim.call(ShimRequest::State, None).await {
-                        Ok(ShimResponse::State(st)) => {
-                            tracing::info!(%id, pid = st.pid, "re-adopted shim");
-                            self.spawn_monitor(id);
-                        }
-                        _ => self.shim_lost(&id).await,
-                    }
-                }
-                Status::Restarting => {
-                    let _ = self.update(&id, |r| r.state.status = Status::Exited);
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        let _g = me.lock(&id).await;
-                        if let Err(e) = me.start_locked(&id, false).await {
-                            tracing::warn!(%id, error = %e, "restart by policy after daemon start");
-                        }
-                    });
-                }
-                Status::Removing => {
-                    let _g = self.lock(&id).await;
-                    if let Err(e) = self.remove_locked(&id, true).await {
-                        tracing::warn!(%id, error = %e, "finishing interrupted removal");
-                    }
-                }
-                _ => {}
-            }
-        }
     }
 
     /// Hands a client connection to the running shim, or returns it when no shim takes it.

@@ -10,6 +10,8 @@ pub mod bundle;
 pub mod create;
 pub mod exec;
 pub mod lifecycle;
+pub mod monitor;
+pub mod orphan;
 pub mod pending;
 pub mod record;
 pub mod rootfs;
@@ -82,6 +84,7 @@ pub struct Containers {
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     exits: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
     pending: pending::PendingTable,
+    orphans: orphan::Orphans,
     /// Exec records.
     pub execs: exec::Execs,
     /// Locations.
@@ -125,6 +128,7 @@ impl Containers {
             op_locks: Mutex::new(HashMap::new()),
             exits: Mutex::new(HashMap::new()),
             pending: pending::PendingTable::default(),
+            orphans: orphan::Orphans::default(),
             paths,
             events,
             images,

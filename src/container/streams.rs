@@ -106,6 +106,10 @@ impl Containers {
                 .await
             {
                 None => return,
+                Some(fd) if self.waits_queue_here(id) => {
+                    self.pending.push(id, Pending::Wait(condition, fd));
+                    return;
+                }
                 Some(fd) => {
                     let rec = self.lookup(id).unwrap_or(rec);
                     answer_wait(fd, rec.state.exit_code, None);

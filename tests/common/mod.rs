@@ -67,6 +67,13 @@ impl Daemon {
 
     /// (Re)starts berthd on the same roots.
     pub fn spawn(&mut self) {
+        self.spawn_unready();
+        self.wait_ready();
+    }
+
+    /// (Re)starts berthd on the same roots without waiting until it serves (to kill it in
+    /// the middle of its start-up).
+    pub fn spawn_unready(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -95,7 +102,6 @@ impl Daemon {
             .spawn()
             .expect("start berthd");
         self.child = Some(child);
-        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {

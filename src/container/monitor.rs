@@ -1,0 +1,274 @@
+//! Following each shim's events, exit handling (restart policies, auto-removal) and
+//! re-adoption of shims after a daemon (re)start.
+
+use super::lifecycle::read_exit_file;
+use super::record::Status;
+use super::{now_ns, Containers};
+use berth_api::shim::{ExitRecord, ShimEvent, ShimRequest, ShimResponse, ShimStatus};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Containers {
+    /// Follows a shim's events until its container's exit is handled.
+    pub(crate) fn spawn_monitor(self: &Arc<Self>, id: String) {
+        let me = self.clone();
+        tokio::spawn(async move { me.monitor(id).await });
+    }
+
+    async fn monitor(self: Arc<Self>, id: String) {
+        let mut sub = match self.shim(&id).subscribe().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "cannot follow shim");
+                self.shim_lost(&id).await;
+                return;
+            }
+        };
+        // dockerd emits one `oom` per OOM kill: remember the live one so the exit does not
+        // announce it again.
+        let mut oom_announced = false;
+        while let Some(ev) = sub.next().await {
+            match ev {
+                ShimEvent::Exit(x) => {
+                    self.record_exit(&id, &x, oom_announced).await;
+                    if let Err(e) = sub.send(&ShimRequest::AckExit { pid: x.pid }) {
+                        tracing::warn!(%id, error = %e, "acknowledge exit");
+                    }
+                    return;
+                }
+                ShimEvent::Oom => {
+                    if let Ok(rec) = self.lookup(&id) {
+                        self.event(&rec, "oom", &[]);
+                        oom_announced = true;
+                    }
+                }
+                ShimEvent::ExecExit { exec_id, code } => {
+                    self.execs.finished(&exec_id, code);
+                    if let Ok(rec) = self.lookup(&id) {
+                        // Unlike exec_create/exec_start, dockerd's exec_die carries no command.
+                        self.event(
+                            &rec,
+                            "exec_die",
+                            &[("execID", exec_id.clone()), ("exitCode", code.to_string())],
+                        );
+                    }
+                }
+            }
+        }
+        self.shim_lost(&id).await;
+    }
+
+    /// The shim closed without an exit being handled: use its exit file, or record the
+    /// loss explicitly (never a made-up code).
+    async fn shim_lost(self: &Arc<Self>, id: &str) {
+        let Ok(rec) = self.lookup(id) else { return };
+        if !rec.state.status.is_live() && rec.state.status != Status::Restarting {
+            return;
+        }
+        if let Some(x) = read_exit_file(&self.paths.exit_file(id)) {
+            self.handle_exit(id, &x).await;
+            return;
+        }
+        if !rec.state.status.is_live() {
+            return;
+        }
+        let pid = rec.state.pid;
+        if !self.adopt_orphan(id, pid) {
+            self.unknown_exit(id, pid).await;
+        }
+    }
+
+    /// Records an exit (idempotent), emits events, then applies auto-remove or the
+    /// restart policy. An exit recorded already by a daemon that died before its
+    /// follow-ups (the record still says `exited`) gets only the follow-ups.
+    pub(crate) async fn handle_exit(self: &Arc<Self>, id: &str, x: &ExitRecord) {
+        self.record_exit(id, x, false).await;
+    }
+
+    /// [`Self::handle_exit`], told whether the shim's live `oom` event was already published.
+    async fn record_exit(self: &Arc<Self>, id: &str, x: &ExitRecord, oom_announced: bool) {
+        let Ok(before) = self.lookup(id) else { return };
+        if !before.state.status.is_live() && before.state.finished_at_ns == x.finished_at_ns {
+            if before.state.status == Status::Exited {
+                self.after_exit(&before, x.code);
+            }
+            return;
+        }
+        let rec = match self.update(id, |r| {
+            r.state.exited(x.code, x.oom_killed, x.finished_at_ns)
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(%id, error = %e, "recording exit failed");
+                return;
+            }
+        };
+        if x.oom_killed && !oom_announced {
+            self.event(&rec, "oom", &[]);
+        }
+        self.event(&rec, "die", &[("exitCode", x.code.to_string())]);
+        self.notify_exit(id);
+        self.release_endpoint_soon(id);
+        self.after_exit(&rec, x.code);
+    }
+
+    /// Auto-removal or the restart policy after an exit recorded in `rec`. Deterministic
+    /// in the record, so running it again after a crash decides the same.
+    fn after_exit(self: &Arc<Self>, rec: &super::record::Record, code: i32) {
+        let id = rec.id.as_str();
+        if rec.host_config.auto_remove == Some(true) {
+            let me = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move {
+                let _g = me.lock(&id).await;
+                if let Err(e) = me.remove_locked(&id, true).await {
+                    tracing::warn!(%id, error = %e, "auto-remove failed");
+                }
+            });
+        } else if rec.should_restart(code) {
+            let ran_ns = rec.state.finished_at_ns - rec.state.started_at_ns;
+            let count = if ran_ns > 10_000_000_000 {
+                0
+            } else {
+                rec.state.restart_count
+            };
+            let delay = Duration::from_millis(100u64 << count.clamp(0, 9) as u64);
+            let _ = self.update(id, |r| r.state.status = Status::Restarting);
+            self.spawn_policy_restart(id.to_string(), delay);
+        }
+    }
+
+    /// After a daemon start: re-adopt live shims, record exits that happened while no
+    /// daemon ran, finish interrupted removals, apply restart policies. The daemon may have
+    /// died at any point of a start, an exit or a restart: whatever the store says, a shim
+    /// still on the container's control socket tells what really happened.
+    pub async fn restore(self: &Arc<Self>) {
+        let all = self.all();
+        let ids: Vec<String> = all.iter().map(|r| r.id.clone()).collect();
+        if let Err(e) = self.net.reconcile(&ids).await {
+            tracing::warn!(error = %e, "network reconcile");
+        }
+        for rec in all {
+            let id = rec.id.clone();
+            match rec.state.status {
+                Status::Running | Status::Paused => match self.probe_shim(&id).await {
+                    Some(st) => {
+                        tracing::info!(%id, pid = st.pid, "re-adopted shim");
+                        self.spawn_monitor(id);
+                    }
+                    None => self.shim_lost(&id).await,
+                },
+                Status::Removing => {
+                    let _g = self.lock(&id).await;
+                    if let Err(e) = self.remove_locked(&id, true).await {
+                        tracing::warn!(%id, error = %e, "finishing interrupted removal");
+                    }
+                }
+                status => {
+                    if self.restore_stray_shim(&id, status).await {
+                        continue;
+                    }
+                    if status == Status::Restarting {
+                        self.spawn_policy_restart(id, Duration::ZERO);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The shim's state, when one answers on the container's control socket.
+    async fn probe_shim(&self, id: &str) -> Option<berth_api::shim::ShimState> {
+        let shim = self.shim(id);
+        if !shim.path().exists() {
+            return None;
+        }
+        match shim.call(ShimRequest::State, None).await {
+            Ok(ShimResponse::State(st)) => Some(st),
+            _ => None,
+        }
+    }
+
+    /// A shim on the socket of a container the store says is not running: the daemon died
+    /// after a start took effect (adopt the run), before an exit was acknowledged (take
+    /// it again: its follow-ups run if they had not), or before a created container was
+    /// started (discard it). Returns whether the container was adopted as running.
+    async fn restore_stray_shim(self: &Arc<Self>, id: &str, status: Status) -> bool {
+        let Some(st) = self.probe_shim(id).await else {
+            return false;
+        };
+        match st.status {
+            ShimStatus::Running | ShimStatus::Paused => {
+                let started = st.started_at_ns.unwrap_or_else(now_ns);
+                let paused = st.status == ShimStatus::Paused;
+                let res = self.update(id, |r| {
+                    if r.state.status == Status::Restarting {
+                        r.state.restart_count += 1;
+                    }
+                    r.state.started(st.pid, 0, started);
+                    if paused {
+                        r.state.status = Status::Paused;
+                    }
+                });
+                match res {
+                    Ok(_) => {
+                        tracing::info!(%id, pid = st.pid, "adopted a run started just before the daemon died");
+                        self.spawn_monitor(id.to_string());
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(%id, error = %e, "recording an adopted run");
+                        false
+                    }
+                }
+            }
+            // Restarting: the restart acknowledges the old shim before it starts a new one.
+            ShimStatus::Exited if status == Status::Exited => {
+                self.spawn_monitor(id.to_string());
+                false
+            }
+            ShimStatus::Exited => false,
+            ShimStatus::Created => {
+                tracing::info!(%id, "discarding a shim whose start was interrupted");
+                let _ = self.shim(id).call(ShimRequest::Removed, None).await;
+                false
+            }
+        }
+    }
+
+    /// Restarts a container in `restarting` after `delay` (a restart decided before the
+    /// daemon died is carried out at once), unless it was stopped or removed meanwhile.
+    fn spawn_policy_restart(self: &Arc<Self>, id: String, delay: Duration) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _g = me.lock(&id).await;
+            let Ok(cur) = me.lookup(&id) else { return };
+            if cur.state.status != Status::Restarting {
+                return;
+            }
+            if let Err(e) = me.start_locked(&id, false).await {
+                tracing::warn!(%id, error = %e, "restart by policy failed");
+            }
+        });
+    }
+
+    /// Before a new shim binds the container's control socket: a shim of the previous run
+    /// still there (its exit never acknowledged because the daemon died, or its start
+    /// never made) is told to finish, so that it does not linger.
+    pub(crate) async fn retire_previous_shim(&self, id: &str) {
+        let Some(st) = self.probe_shim(id).await else {
+            return;
+        };
+        let req = match (st.status, st.exit) {
+            (ShimStatus::Exited, Some(x)) => ShimRequest::AckExit { pid: x.pid },
+            (ShimStatus::Created, _) => ShimRequest::Removed,
+            (status, _) => {
+                tracing::warn!(%id, ?status, pid = st.pid, "a previous shim still holds a process");
+                return;
+            }
+        };
+        if let Err(e) = self.shim(id).call(req, None).await {
+            tracing::warn!(%id, error = %e, "retiring the previous shim");
+        }
+    }
+}
