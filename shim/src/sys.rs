@@ -79,37 +79,6 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn winsize_round_trips_on_a_real_pty() -> anyhow::Result<()> {
-        let pty = nix::pty::openpty(None, None)?;
-        set_winsize(pty.master.as_raw_fd(), 40, 120)?;
-        let mut ws = libc::winsize {
-            ws_row: 0,
-            ws_col: 0,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
-        // SAFETY: `ws` is a valid, writable winsize for the duration of the call.
-        unsafe { tiocgwinsz(pty.slave.as_raw_fd(), &mut ws) }?;
-        assert_eq!((ws.ws_row, ws.ws_col), (40, 120));
-        Ok(())
-    }
-
-    #[test]
-    fn nonblocking_flag_is_set() -> anyhow::Result<()> {
-        let (r, _w) = nix::unistd::pipe()?;
-        set_nonblocking(r.as_raw_fd())?;
-        let fl = OFlag::from_bits_truncate(fcntl(r.as_raw_fd(), FcntlArg::F_GETFL)?);
-        assert!(fl.contains(OFlag::O_NONBLOCK));
-        Ok(())
-    }
-}
-
 /// Drops this process's page-table entries for read-only file mappings (program text,
 /// rodata, shared libraries) so that code used once — libcontainer's create and start —
 /// stops counting in the shim's resident set. The pages stay in the page cache; the
@@ -165,4 +134,35 @@ pub fn trim_readonly_file_pages() -> usize {
         }
     }
     trimmed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn winsize_round_trips_on_a_real_pty() -> anyhow::Result<()> {
+        let pty = nix::pty::openpty(None, None)?;
+        set_winsize(pty.master.as_raw_fd(), 40, 120)?;
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
+        // SAFETY: `ws` is a valid, writable winsize for the duration of the call.
+        unsafe { tiocgwinsz(pty.slave.as_raw_fd(), &mut ws) }?;
+        assert_eq!((ws.ws_row, ws.ws_col), (40, 120));
+        Ok(())
+    }
+
+    #[test]
+    fn nonblocking_flag_is_set() -> anyhow::Result<()> {
+        let (r, _w) = nix::unistd::pipe()?;
+        set_nonblocking(r.as_raw_fd())?;
+        let fl = OFlag::from_bits_truncate(fcntl(r.as_raw_fd(), FcntlArg::F_GETFL)?);
+        assert!(fl.contains(OFlag::O_NONBLOCK));
+        Ok(())
+    }
 }
