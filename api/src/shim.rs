@@ -127,6 +127,19 @@ pub struct LogsParams {
     pub raw: bool,
 }
 
+impl LogsParams {
+    /// The history selection these parameters ask for.
+    pub fn filter(&self) -> crate::logfmt::LogFilter {
+        crate::logfmt::LogFilter {
+            stdout: self.stdout,
+            stderr: self.stderr,
+            since_ns: self.since_ns,
+            until_ns: self.until_ns,
+            tail: self.tail,
+        }
+    }
+}
+
 /// A process to run inside the container (`docker exec`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ExecParams {

@@ -59,13 +59,7 @@ pub async fn serve_wait(shim: Rc<Shim>, fd: OwnedFd, cond: WaitCondition) -> io:
 pub async fn serve_logs(shim: Rc<Shim>, fd: OwnedFd, p: LogsParams) -> io::Result<()> {
     let _guard = shim.stream_guard();
     let sock = FdIo::new(fd)?;
-    let filter = LogFilter {
-        stdout: p.stdout,
-        stderr: p.stderr,
-        since_ns: p.since_ns,
-        until_ns: p.until_ns,
-        tail: p.tail,
-    };
+    let filter = p.filter();
     let outbox = Outbox::new(CLIENT_BUFFER);
     // History and registration happen in one synchronous step: no line can be written to the
     // log in between, so the follower sees neither a gap nor a duplicate.

@@ -75,14 +75,7 @@ impl Containers {
                     }
                 }
                 if rec.host_config.auto_remove == Some(true) {
-                    let me = self.clone();
-                    let id = id.to_string();
-                    tokio::spawn(async move {
-                        let _g = me.lock(&id).await;
-                        if let Err(e) = me.remove_locked(&id, true).await {
-                            tracing::warn!(%id, error = %e, "auto-remove after failed start");
-                        }
-                    });
+                    self.spawn_remove(id, "auto-remove after failed start");
                 }
                 Err(e)
             }
@@ -207,6 +200,42 @@ impl Containers {
         }
     }
 
+    /// SIGKILLs every process of a running container and waits (30 s at most) for the
+    /// exit to be recorded; `what` names the operation in the error.
+    async fn kill_and_wait(
+        &self,
+        rec: &Record,
+        rx: &mut tokio::sync::watch::Receiver<u64>,
+        gen0: u64,
+        what: &str,
+    ) -> ApiResult<()> {
+        self.signal_container(&rec.id, libc::SIGKILL, true).await?;
+        self.event(rec, "kill", &[("signal", libc::SIGKILL.to_string())]);
+        if self
+            .wait_exit(rx, gen0, Some(Duration::from_secs(30)))
+            .await
+        {
+            Ok(())
+        } else {
+            Err(ApiError::Internal(format!(
+                "{what} {}: it did not exit after SIGKILL",
+                rec.id
+            )))
+        }
+    }
+
+    /// Removes a container in the background under its op lock (auto-remove).
+    pub(crate) fn spawn_remove(self: &Arc<Self>, id: &str, why: &'static str) {
+        let me = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let _g = me.lock(&id).await;
+            if let Err(e) = me.remove_locked(&id, true).await {
+                tracing::warn!(%id, error = %e, "{why}");
+            }
+        });
+    }
+
     /// `POST /containers/{id}/stop?t=`.
     pub async fn stop(self: &Arc<Self>, name: &str, t: Option<i64>) -> ApiResult<()> {
         let id = self.lookup(name)?.id;
@@ -239,16 +268,8 @@ impl Containers {
         self.event(&rec, "kill", &[("signal", sig.to_string())]);
         let limit = (timeout >= 0).then(|| Duration::from_secs(timeout as u64));
         if !self.wait_exit(&mut rx, gen0, limit).await {
-            self.signal_container(id, libc::SIGKILL, true).await?;
-            self.event(&rec, "kill", &[("signal", libc::SIGKILL.to_string())]);
-            if !self
-                .wait_exit(&mut rx, gen0, Some(Duration::from_secs(30)))
-                .await
-            {
-                return Err(ApiError::Internal(format!(
-                    "cannot stop container {id}: it did not exit after SIGKILL"
-                )));
-            }
+            self.kill_and_wait(&rec, &mut rx, gen0, "cannot stop container")
+                .await?;
         }
         // Out of the network before `docker stop` returns (the monitor's release waits
         // for the lock we hold, then finds nothing left to do).
@@ -378,16 +399,8 @@ impl Containers {
             if rec.state.status == Status::Paused {
                 let _ = shim.call(ShimRequest::Resume, None).await;
             }
-            self.signal_container(id, libc::SIGKILL, true).await?;
-            self.event(&rec, "kill", &[("signal", libc::SIGKILL.to_string())]);
-            if !self
-                .wait_exit(&mut rx, gen0, Some(Duration::from_secs(30)))
-                .await
-            {
-                return Err(ApiError::Internal(format!(
-                    "could not kill running container {id}, cannot remove"
-                )));
-            }
+            self.kill_and_wait(&rec, &mut rx, gen0, "cannot remove container")
+                .await?;
         }
         let rec = self.update(id, |r| r.state.status = Status::Removing)?;
         let code = rec.state.exit_code;

@@ -117,14 +117,7 @@ impl Containers {
     fn after_exit(self: &Arc<Self>, rec: &super::record::Record, code: i32) {
         let id = rec.id.as_str();
         if rec.host_config.auto_remove == Some(true) {
-            let me = self.clone();
-            let id = id.to_string();
-            tokio::spawn(async move {
-                let _g = me.lock(&id).await;
-                if let Err(e) = me.remove_locked(&id, true).await {
-                    tracing::warn!(%id, error = %e, "auto-remove failed");
-                }
-            });
+            self.spawn_remove(id, "auto-remove failed");
         } else if rec.should_restart(code) {
             let ran_ns = rec.state.finished_at_ns - rec.state.started_at_ns;
             let count = if ran_ns > 10_000_000_000 {

@@ -6,7 +6,7 @@ use super::pending::{answer_wait, Pending};
 use super::Containers;
 use crate::error::{ApiError, ApiResult};
 use crate::server::http::{Conn, Response};
-use berth_api::logfmt::{self, LogFilter};
+use berth_api::logfmt;
 use berth_api::shim::{AttachParams, LogsParams, ShimRequest, WaitCondition};
 use std::io::BufReader;
 use std::os::fd::OwnedFd;
@@ -250,13 +250,7 @@ impl Containers {
                 entries.extend(logfmt::read_entries(BufReader::new(f)));
             }
         }
-        let filter = LogFilter {
-            stdout: p.stdout,
-            stderr: p.stderr,
-            since_ns: p.since_ns,
-            until_ns: p.until_ns,
-            tail: p.tail,
-        };
+        let filter = p.filter();
         let mut out = Vec::new();
         for d in filter.apply(entries) {
             out.extend(logfmt::render(&d, p.timestamps, p.raw));
