@@ -86,10 +86,13 @@ impl Containers {
     /// and starts the container. Returns the init pid.
     async fn launch(self: &Arc<Self>, rec: &Record) -> ApiResult<i32> {
         let id = rec.id.as_str();
+        let t0 = std::time::Instant::now();
         let rootfs = Rootfs::new(&self.paths.data_root, id);
         let lowers = self.images.layer_dirs(&rec.image_id)?;
         let merged = rootfs.mount(&lowers)?;
+        let t_mount = t0.elapsed();
         let (attachment, netns) = self.setup_network(rec).await?;
+        let t_net = t0.elapsed();
         let cdir = self.paths.container_dir(id);
         let etc = crate::network::write_etc_files(
             &cdir,
@@ -107,7 +110,9 @@ impl Containers {
         let shim_cfg = self.write_shim_config(rec, &bundle)?;
         self.retire_previous_shim(id).await;
         let _ = std::fs::remove_file(self.paths.exit_file(id));
+        let t_files = t0.elapsed();
         let pid = crate::master::spawn_shim(&self.paths.shim_binary, &shim_cfg).await?;
+        let t_shim = t0.elapsed();
         let shim = self.shim(id);
         for p in self.pending.take(id) {
             let res = match p {
@@ -124,6 +129,15 @@ impl Containers {
             }
         }
         shim.call(ShimRequest::Start, None).await?;
+        tracing::debug!(
+            %id,
+            mount = ?t_mount,
+            network = ?t_net - t_mount,
+            files = ?t_files - t_net,
+            shim_create = ?t_shim - t_files,
+            handover_start = ?t0.elapsed() - t_shim,
+            "container started"
+        );
         Ok(pid)
     }
 
