@@ -49,6 +49,7 @@ fn ping(ns: &Path, ip: &str) -> anyhow::Result<()> {
 
 /// Owns everything a test creates; removes it on drop.
 struct Fixture {
+    tag: String,
     dir: tempfile::TempDir,
     cfg: NetConfig,
     subnet_prefix: String,
@@ -65,6 +66,7 @@ impl Fixture {
         cfg.nft_table = format!("berth_t{tag}");
         cfg.bip = Some(format!("10.213.{octet}.1/24"));
         Ok(Fixture {
+            tag,
             subnet_prefix: format!("10.213.{octet}."),
             dir,
             cfg,
@@ -111,6 +113,7 @@ impl Drop for Fixture {
             let _ = run(&["ip", "link", "del", &v]);
         }
         let _ = run(&["ip", "link", "del", &self.cfg.bridge]);
+        let _ = run(&["ip", "link", "del", &format!("bx{}", self.tag)]);
         let _ = run(&["nft", "delete", "table", "inet", &self.cfg.nft_table]);
     }
 }
@@ -199,6 +202,53 @@ async fn bridge_containers_talk_and_release_cleans_up() -> anyhow::Result<()> {
     ping(&ns1, &ip2)?;
     ping(&ns2, &ip1)?;
     ping(&ns1, &gw)?;
+    // Egress is masqueraded: an "outside" namespace without a route back to the container
+    // subnet answers only if the source address was rewritten to the host's.
+    let ext = m
+        .ensure(
+            &cid(3),
+            &NetRequest {
+                mode: NetMode::None,
+                name: "ext".into(),
+                mac: None,
+            },
+        )
+        .await?;
+    let ext_ns = ext
+        .sandbox_path()
+        .ok_or_else(|| anyhow::anyhow!("no netns"))?;
+    let uplink = format!("bx{}", fx.tag);
+    let o = (rand::random::<u8>() & 0x3f) * 4;
+    let (host_ip, ext_ip) = (format!("198.18.{o}.1"), format!("198.18.{o}.2"));
+    let me = std::process::id().to_string();
+    in_ns(
+        &ext_ns,
+        &[
+            "ip", "link", "add", "ext0", "type", "veth", "peer", "name", &uplink, "netns", &me,
+        ],
+    )?;
+    run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{host_ip}/30"),
+        "dev",
+        &uplink,
+    ])?;
+    run(&["ip", "link", "set", &uplink, "up"])?;
+    in_ns(
+        &ext_ns,
+        &["ip", "addr", "add", &format!("{ext_ip}/30"), "dev", "ext0"],
+    )?;
+    in_ns(&ext_ns, &["ip", "link", "set", "ext0", "up"])?;
+    ping(&ns1, &ext_ip)?;
+    assert!(
+        ping(&ext_ns, &ip1).is_err(),
+        "outside reached the container without a route"
+    );
+    m.release(&cid(3)).await?;
+    let _ = run(&["ip", "link", "del", &uplink]);
+
     let stats = m.interface_stats(&ns1).await?;
     assert_eq!(stats.len(), 1, "{stats:?}");
     assert_eq!(stats[0].0, "eth0");
