@@ -34,7 +34,7 @@ struct NetworkRecord {
 
 /// The daemon's network manager; see the module documentation.
 pub struct NetworkManager<K: Kernel = NetlinkKernel> {
-    kernel: K,
+    kernel: Arc<K>,
     cfg: NetConfig,
     subnet: Subnet,
     ipam: Ipam,
@@ -105,7 +105,7 @@ impl<K: Kernel> NetworkManager<K> {
             host_net: load_record(&nets, "host", "host")?,
             none_net: load_record(&nets, "none", "null")?,
             ipam: Ipam::new(store.table("ipam")?, subnet, "bridge"),
-            kernel,
+            kernel: Arc::new(kernel),
             cfg,
             subnet,
             locks: Mutex::new(HashMap::new()),
@@ -320,10 +320,19 @@ impl<K: Kernel> NetworkManager<K> {
 
     async fn teardown(&self, cid: &str) -> ApiResult<Option<Lease>> {
         let lease = self.ipam.get(cid)?;
-        if let Some(v) = lease.as_ref().and_then(|l| l.veth.as_ref()) {
-            self.kernel.delete_link(v).await?;
-        }
         self.kernel.remove_netns(&self.netns_path(cid)).await?;
+        if let Some(v) = lease.as_ref().and_then(|l| l.veth.clone()) {
+            // Deleting a veth waits ~25 ms for the kernel's RCU grace period. With the netns
+            // file gone the kernel destroys the namespace, and the veth pair with it, on its
+            // own; the explicit delete (for a netns still held by some process) runs off the
+            // caller's path. `reconcile` removes any veth a crash leaves behind.
+            let kernel = self.kernel.clone();
+            tokio::spawn(async move {
+                if let Err(e) = kernel.delete_link(&v).await {
+                    tracing::debug!(veth = %v, error = %e, "delete veth");
+                }
+            });
+        }
         Ok(lease)
     }
 
