@@ -92,7 +92,7 @@ pub fn start_exec(shim: &Rc<Shim>, p: ExecParams, fd: Option<OwnedFd>) -> ShimRe
                 let _guard = guard;
                 run_io(shim2, p, parent, pty, fd).await;
             });
-            crate::sys::trim_readonly_file_pages();
+            crate::trim::after_one_off_work();
             ShimResponse::ExecStarted { pid }
         }
         Err(message) => {

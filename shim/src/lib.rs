@@ -28,6 +28,7 @@ mod state;
 mod stdio;
 mod streams;
 mod sys;
+mod trim;
 
 use anyhow::{Context, Result};
 use berth_api::logfmt::Stream;

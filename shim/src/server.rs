@@ -276,7 +276,7 @@ fn start(shim: &Shim) -> ShimResponse {
             drop(life);
             shim.bump();
             tracing::info!("container started");
-            crate::sys::trim_readonly_file_pages();
+            crate::trim::after_one_off_work();
             ShimResponse::Ok
         }
         Err(e) => err(
