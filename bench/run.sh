@@ -96,10 +96,19 @@ for who in berth docker; do
   docker rm -f $(docker ps -aq) >/dev/null
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b == 0) print "n/a"; else printf "%.3f", a / b }'; }
 printf '%-36s %12s %12s %8s\n' metric berthd dockerd ratio
 printf '%-36s %12s %12s %8s\n' "docker run --rm true, median ms (n=$N)" "${R[berth.run_ms]}" "${R[docker.run_ms]}" "$(ratio "${R[berth.run_ms]}" "${R[docker.run_ms]}")"
 printf '%-36s %12s %12s %8s\n' "$PAR x docker run -d in parallel, ms" "${R[berth.par_ms]}" "${R[docker.par_ms]}" "$(ratio "${R[berth.par_ms]}" "${R[docker.par_ms]}")"
 printf '%-36s %12s %12s %8s\n' "idle daemon RSS, KiB" "${R[berth.idle_rss_kb]}" "${R[docker.idle_rss_kb]}" "$(ratio "${R[berth.idle_rss_kb]}" "${R[docker.idle_rss_kb]}")"
 printf '%-36s %12s %12s %8s\n' "daemon RSS with $PAR containers, KiB" "${R[berth.busy_rss_kb]}" "${R[docker.busy_rss_kb]}" "$(ratio "${R[berth.busy_rss_kb]}" "${R[docker.busy_rss_kb]}")"
 printf '%-36s %12s %12s %8s\n' "RSS per shim, KiB (n=${R[berth.shims]}/${R[docker.shims]})" "${R[berth.shim_rss_kb]}" "${R[docker.shim_rss_kb]}" "$(ratio "${R[berth.shim_rss_kb]}" "${R[docker.shim_rss_kb]}")"
+
+# Issue 2's targets: run latency at most a quarter of dockerd's, shim under 2 MiB, idle
+# berthd under 20 MiB. The bench exits non-zero when one is missed.
+fail=0
+check() { if awk -v v="$2" -v t="$3" 'BEGIN{exit !(v <= t)}'; then echo "target met:     $1 ($2 <= $3)"; else echo "target missed:  $1 ($2 > $3)"; fail=1; fi; }
+check "run latency ratio" "$(ratio "${R[berth.run_ms]}" "${R[docker.run_ms]}")" 0.25
+check "shim RSS KiB" "${R[berth.shim_rss_kb]}" 2048
+check "idle berthd RSS KiB" "${R[berth.idle_rss_kb]}" 20480
+exit $fail
