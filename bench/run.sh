@@ -39,6 +39,8 @@ cleanup() {
   sleep 1
   grep " $W" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
   ip link del bbench0 2>/dev/null; ip link del docker0 2>/dev/null
+  nft delete table inet bbench 2>/dev/null
+  for c in /sys/fs/cgroup/*/bbench; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; ; done 2>/dev/null
   for t in "ip filter" "ip nat" "ip mangle" "ip raw" "ip6 filter" "ip6 nat" "ip6 mangle" "ip6 raw"; do
     grep -qx "table $t" "$W/tables.before" || nft delete table $t 2>/dev/null
   done
