@@ -1,19 +1,9 @@
 //! Container lifecycle through the real docker CLI against a real berthd (root).
 
 mod common;
-use common::{is_root, Daemon};
+use common::daemon_with_image;
 use std::io::Write;
 use std::process::Stdio;
-
-fn daemon_with_image() -> Option<Daemon> {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return None;
-    }
-    let d = Daemon::start();
-    d.import_busybox("bb:test");
-    Some(d)
-}
 
 #[test]
 fn run_foreground_returns_output_and_exit_codes() {

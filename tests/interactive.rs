@@ -4,28 +4,10 @@
 
 mod common;
 use common::pty::Pty;
-use common::{is_root, Daemon};
+use common::{daemon_with_image, until, Daemon};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
-
-fn daemon() -> Option<Daemon> {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return None;
-    }
-    let d = Daemon::start();
-    d.import_busybox("bb:test");
-    Some(d)
-}
-
-fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
+use std::time::Duration;
 
 fn state(d: &Daemon, name: &str) -> String {
     d.ok(&[
@@ -53,7 +35,7 @@ fn text(n: usize) -> Vec<u8> {
 
 #[test]
 fn run_tty_and_stdin() {
-    let Some(d) = daemon() else { return };
+    let Some(d) = daemon_with_image() else { return };
     // -t alone: the process has a tty of the CLI's size from its first instruction.
     let mut p = Pty::spawn(
         &d.cmd(&["run", "--rm", "-t", "bb:test", "sh", "-c", "tty; stty size"]),
@@ -140,7 +122,7 @@ fn run_tty_and_stdin() {
 
 #[test]
 fn attach_detach_keys_and_exit_code() {
-    let Some(d) = daemon() else { return };
+    let Some(d) = daemon_with_image() else { return };
     d.ok(&["run", "-dit", "--name", "at", "bb:test", "sh"]);
 
     // ctrl-p ctrl-q detaches: the CLI exits like docker's ("read escape sequence", 1) and
@@ -218,7 +200,7 @@ fn attach_detach_keys_and_exit_code() {
 
 #[test]
 fn create_start_attach_and_wait() {
-    let Some(d) = daemon() else { return };
+    let Some(d) = daemon_with_image() else { return };
     d.ok(&[
         "create",
         "--name",
@@ -294,7 +276,7 @@ fn create_start_attach_and_wait() {
 
 #[test]
 fn exec_flags() {
-    let Some(d) = daemon() else { return };
+    let Some(d) = daemon_with_image() else { return };
     d.ok(&["run", "-d", "--name", "ex", "bb:test", "sleep", "1000"]);
 
     // exec -i: stdin to cat, its end ends cat.

@@ -1,16 +1,7 @@
 //! Restart policies, rename, pause, top, events and logs options through the docker CLI.
 
 mod common;
-use common::{is_root, Daemon};
-use std::time::{Duration, Instant};
-
-fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
+use common::{is_root, until, Daemon};
 
 #[test]
 fn restart_policies_rename_pause_top() {

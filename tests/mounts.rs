@@ -4,37 +4,8 @@
 //! `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` the container sees.
 
 mod common;
-use common::{is_root, Daemon};
+use common::{daemon_with_image, sh};
 use std::time::{Duration, Instant};
-
-fn daemon_with_image() -> Option<Daemon> {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return None;
-    }
-    let d = Daemon::start();
-    d.import_busybox("bb:test");
-    Some(d)
-}
-
-/// `docker run --rm [opts] bb:test sh -c '{ script; } 2>&1'`: asserts the container ran
-/// (whatever the script's own exit status) and returns its trimmed output, stderr folded in
-/// so failures inside can be asserted on.
-fn sh(d: &Daemon, opts: &[&str], script: &str) -> String {
-    let wrapped = format!("{{ {script}\n}} 2>&1");
-    let mut args = vec!["run", "--rm"];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&["bb:test", "sh", "-c", &wrapped]);
-    let out = d.docker(&args);
-    assert!(
-        out.status.code().is_some_and(|c| c < 125),
-        "docker {args:?} did not run ({}): {}\n--- daemon log ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        common::tail(&d.log(), 40)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// dockerd's fixed head of `/etc/hosts`.
 const HOSTS_HEAD: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\

@@ -3,28 +3,10 @@
 //! options, the CLI's exit codes, `rmi` of an image in use and json-file rotation.
 
 mod common;
-use common::{is_root, Daemon};
+use common::{daemon_with_image, until, Daemon};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn daemon() -> Option<Daemon> {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return None;
-    }
-    let d = Daemon::start();
-    d.import_busybox("bb:test");
-    Some(d)
-}
-
-fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 fn logs_have(d: &Daemon, name: &str, needle: &str) -> bool {
     String::from_utf8_lossy(&d.docker(&["logs", name]).stdout).contains(needle)
@@ -43,7 +25,7 @@ fn sorted(s: &str) -> Vec<String> {
 
 #[test]
 fn env_file_and_stop_flags() {
-    let Some(d) = daemon() else { return };
+    let Some(d) = daemon_with_image() else { return };
     let env = d.path("env.list");
     std::fs::write(&env, "A=1\n# a comment\n\nB=two words\nFROMHOST\n").expect("env file");
     let out = d
@@ -140,7 +122,7 @@ fn env_file_and_stop_flags() {
 
 #[test]
 fn kill_restart_rm() {
-    let Some(d) = daemon() else { return };
+    let Some(d) = daemon_with_image() else { return };
     d.ok(&[
         "run",
         "-d",
@@ -180,7 +162,7 @@ fn kill_restart_rm() {
 
 #[test]
 fn ps_filters_and_format() {
-    let Some(d) = daemon() else { return };
+    let Some(d) = daemon_with_image() else { return };
     let web = d.ok(&[
         "run",
         "-d",
@@ -264,7 +246,7 @@ fn ps_filters_and_format() {
 
 #[test]
 fn logs_options() {
-    let Some(d) = daemon() else { return };
+    let Some(d) = daemon_with_image() else { return };
     d.ok(&[
         "run",
         "-d",
@@ -322,7 +304,7 @@ fn logs_options() {
 
 #[test]
 fn exit_codes() {
-    let Some(d) = daemon() else { return };
+    let Some(d) = daemon_with_image() else { return };
     let out = d.docker(&["run", "--rm", "bb:test", "/etc/passwd"]);
     assert_eq!(out.status.code(), Some(126));
     assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
@@ -348,7 +330,7 @@ fn exit_codes() {
 
 #[test]
 fn rmi_of_an_image_in_use() {
-    let Some(d) = daemon() else { return };
+    let Some(d) = daemon_with_image() else { return };
     // An image with a layer of its own: busybox plus one file.
     let tar = d.path("solo.tar");
     std::fs::copy(d.path("busybox.tar"), &tar).expect("copy busybox tar");
@@ -449,7 +431,7 @@ fn rmi_of_an_image_in_use() {
 
 #[test]
 fn log_rotation() {
-    let Some(d) = daemon() else { return };
+    let Some(d) = daemon_with_image() else { return };
     d.ok(&[
         "run",
         "--name",

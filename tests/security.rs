@@ -4,7 +4,7 @@
 //! `--read-only`.
 
 mod common;
-use common::{is_root, Daemon};
+use common::{daemon_with_image, sh, Daemon};
 
 /// dockerd's default capability set, by number (`oci.DefaultCapabilities`).
 const DEFAULT_CAPS: &[u32] = &[
@@ -23,35 +23,6 @@ const DEFAULT_CAPS: &[u32] = &[
     5,  // KILL
     29, // AUDIT_WRITE
 ];
-
-fn daemon_with_image() -> Option<Daemon> {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return None;
-    }
-    let d = Daemon::start();
-    d.import_busybox("bb:test");
-    Some(d)
-}
-
-/// `docker run --rm [opts] bb:test sh -c '{ script; } 2>&1'`: asserts the container ran
-/// (whatever the script's own exit status) and returns its trimmed output, stderr folded in
-/// so failures inside can be asserted on.
-fn sh(d: &Daemon, opts: &[&str], script: &str) -> String {
-    let wrapped = format!("{{ {script}\n}} 2>&1");
-    let mut args = vec!["run", "--rm"];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&["bb:test", "sh", "-c", &wrapped]);
-    let out = d.docker(&args);
-    assert!(
-        out.status.code().is_some_and(|c| c < 125),
-        "docker {args:?} did not run ({}): {}\n--- daemon log ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        common::tail(&d.log(), 40)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// The value of a `Name:\tvalue` line of a `/proc/<pid>/status` text.
 fn field<'a>(status: &'a str, name: &str) -> &'a str {

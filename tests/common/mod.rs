@@ -207,6 +207,44 @@ impl Daemon {
     }
 }
 
+/// A daemon with the busybox image imported as `bb:test`; `None` (test skipped) when not root.
+pub fn daemon_with_image() -> Option<Daemon> {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return None;
+    }
+    let d = Daemon::start();
+    d.import_busybox("bb:test");
+    Some(d)
+}
+
+/// Polls `f` every 25 ms until it holds; panics after 20 s naming `what`.
+pub fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// `docker run --rm [opts] bb:test sh -c '{ script; } 2>&1'`: asserts the container ran
+/// (whatever the script's own exit status) and returns its trimmed output, stderr folded in.
+pub fn sh(d: &Daemon, opts: &[&str], script: &str) -> String {
+    let wrapped = format!("{{ {script}\n}} 2>&1");
+    let mut args = vec!["run", "--rm"];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&["bb:test", "sh", "-c", &wrapped]);
+    let out = d.docker(&args);
+    assert!(
+        out.status.code().is_some_and(|c| c < 125),
+        "docker {args:?} did not run ({}): {}\n--- daemon log ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        tail(&d.log(), 40)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Last `n` lines of a text.
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
