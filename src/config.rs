@@ -48,6 +48,20 @@ pub struct Flags {
     /// Parent cgroup of all containers (the pool).
     #[arg(long, env = "BERTH_CGROUP_PARENT")]
     pub cgroup_parent: Option<String>,
+    /// A command instead of running the daemon.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// `berthd <command>`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Replace the running daemon's worker by a new binary without interrupting anything.
+    Upgrade(crate::upgrade_cli::UpgradeArgs),
+    /// Print what this binary supports (store format, protocols) as JSON; used by a
+    /// running master before it upgrades to this binary.
+    #[command(hide = true)]
+    Preflight,
 }
 
 /// The subset of daemon.json keys berth reads.

@@ -31,9 +31,14 @@ fn bind_unix(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     if path.exists() {
-        // A live daemon answers on it: refuse to steal its socket.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("{} is in use by another daemon", path.display());
+        // A live daemon answers on it: refuse to steal its socket. A worker of a master
+        // that was just killed closes its copy within moments: give it two seconds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if std::time::Instant::now() > deadline {
+                bail!("{} is in use by another daemon", path.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         std::fs::remove_file(path).with_context(|| format!("remove stale {}", path.display()))?;
     }

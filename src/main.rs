@@ -1,9 +1,20 @@
-//! berthd entry point: parse flags, load the configuration, run the daemon.
+//! berthd entry point: the master by default, a worker generation when started by a master,
+//! or one of the `upgrade`/`preflight` commands.
 
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    let flags = berthd::config::Flags::parse();
-    let config = berthd::config::Config::load(flags)?;
-    berthd::server::run(config)
+    let mut flags = berthd::config::Flags::parse();
+    match flags.command.take() {
+        Some(berthd::config::Command::Upgrade(args)) => berthd::upgrade_cli::run(args),
+        Some(berthd::config::Command::Preflight) => berthd::upgrade_cli::preflight(),
+        None => {
+            let config = berthd::config::Config::load(flags)?;
+            if berthd::worker::is_worker() {
+                berthd::worker::run(config)
+            } else {
+                berthd::master::run(config, std::env::args_os().skip(1).collect())
+            }
+        }
+    }
 }

@@ -49,6 +49,27 @@ impl Store {
         Ok(store)
     }
 
+    /// [`Store::open`], waiting up to 10 s while another process (a previous worker
+    /// generation that is still exiting) holds the database's lock.
+    pub async fn open_waiting(dir: &Path) -> anyhow::Result<Self> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let d = dir.to_path_buf();
+            let r = tokio::task::spawn_blocking(move || Store::open(&d))
+                .await
+                .map_err(|e| anyhow::anyhow!("open store task: {e}"))?;
+            match r {
+                Ok(s) => return Ok(s),
+                Err(e)
+                    if e.to_string().contains("lock") && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                Err(e) => return Err(anyhow::anyhow!("open store: {e}")),
+            }
+        }
+    }
+
     /// A named collection.
     pub fn table(&self, name: &str) -> ApiResult<Table> {
         Ok(Table {

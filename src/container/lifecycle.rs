@@ -111,7 +111,7 @@ impl Containers {
         self.retire_previous_shim(id).await;
         let _ = std::fs::remove_file(self.paths.exit_file(id));
         let t_files = t0.elapsed();
-        let pid = crate::master::spawn_shim(&self.paths.shim_binary, &shim_cfg).await?;
+        let pid = super::spawn::spawn_shim(&self.paths.shim_binary, &shim_cfg).await?;
         let t_shim = t0.elapsed();
         let shim = self.shim(id);
         for p in self.pending.take(id) {
@@ -192,6 +192,7 @@ impl Containers {
         let me = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
+            let _bg = me.background().await;
             let _g = me.lock(&id).await;
             match me.lookup(&id) {
                 Ok(r) if !r.state.status.is_live() && r.state.status != Status::Restarting => {
@@ -243,6 +244,7 @@ impl Containers {
         let me = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
+            let _bg = me.background().await;
             let _g = me.lock(&id).await;
             if let Err(e) = me.remove_locked(&id, true).await {
                 tracing::warn!(%id, error = %e, "{why}");

@@ -15,6 +15,7 @@ pub mod orphan;
 pub mod pending;
 pub mod record;
 pub mod rootfs;
+pub mod spawn;
 pub mod spec;
 pub mod streams;
 pub mod top;
@@ -24,6 +25,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::events::EventBus;
 use crate::image::ImageStore;
 use crate::network::NetworkManager;
+use crate::server::http::gate::{Admitted, Gate};
 use crate::shimclient::ShimClient;
 use crate::store::{Store, Table};
 use record::Record;
@@ -95,6 +97,8 @@ pub struct Containers {
     pub images: Arc<ImageStore>,
     /// Network manager.
     pub net: Arc<NetworkManager>,
+    /// This generation's gate: background mutations run only while it serves.
+    pub gate: Arc<Gate>,
 }
 
 /// Current wall-clock time in ns since the epoch.
@@ -118,6 +122,7 @@ impl Containers {
         events: Arc<EventBus>,
         images: Arc<ImageStore>,
         net: Arc<NetworkManager>,
+        gate: Arc<Gate>,
     ) -> ApiResult<Arc<Self>> {
         let table = store.table("containers")?;
         let recs: HashMap<String, Record> = table.all::<Record>()?.into_iter().collect();
@@ -133,7 +138,24 @@ impl Containers {
             events,
             images,
             net,
+            gate,
         }))
+    }
+
+    /// Waits until this generation may change state in the background (an exit to
+    /// record, a restart or removal to apply) and holds the permission until dropped. A
+    /// generation that is handing over never gets it: the work is left to the next one
+    /// (the shim keeps an unacknowledged exit).
+    pub(crate) async fn background(&self) -> Admitted {
+        let mut phase = self.gate.watch();
+        loop {
+            if let Some(a) = self.gate.begin_internal() {
+                return a;
+            }
+            if phase.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     fn recs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {

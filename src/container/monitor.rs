@@ -20,6 +20,7 @@ impl Containers {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%id, error = %e, "cannot follow shim");
+                let _bg = self.background().await;
                 self.shim_lost(&id).await;
                 return;
             }
@@ -30,6 +31,8 @@ impl Containers {
         while let Some(ev) = sub.next().await {
             match ev {
                 ShimEvent::Exit(x) => {
+                    // Recorded and acknowledged by one generation, never half by each.
+                    let _bg = self.background().await;
                     self.record_exit(&id, &x, oom_announced).await;
                     if let Err(e) = sub.send(&ShimRequest::AckExit { pid: x.pid }) {
                         tracing::warn!(%id, error = %e, "acknowledge exit");
@@ -234,6 +237,7 @@ impl Containers {
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
+            let _bg = me.background().await;
             let _g = me.lock(&id).await;
             let Ok(cur) = me.lookup(&id) else { return };
             if cur.state.status != Status::Restarting {

@@ -130,6 +130,7 @@ impl Containers {
                     return;
                 }
             }
+            let _bg = me.background().await;
             me.orphans.remove(&id);
             me.unknown_exit(&id, pid).await;
         });

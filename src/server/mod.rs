@@ -6,6 +6,7 @@ pub mod images;
 pub mod networks;
 pub mod router;
 pub mod system;
+pub mod upgrade;
 
 use crate::config::Config;
 use crate::container::{Containers, Paths};
@@ -32,6 +33,10 @@ pub struct Daemon {
     pub net: Arc<NetworkManager>,
     /// Containers.
     pub containers: Arc<Containers>,
+    /// This generation's gate (live upgrade).
+    pub gate: Arc<http::Gate>,
+    /// The control channel to the master, when there is one.
+    pub ctl: Option<crate::worker::CtlOut>,
 }
 
 /// Object counts for `/info`.
@@ -63,11 +68,15 @@ impl Daemon {
     }
 
     /// Opens the store and builds the shared state.
-    pub async fn open(config: Config) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(
+        config: Config,
+        gate: Arc<http::Gate>,
+        ctl: Option<crate::worker::CtlOut>,
+    ) -> anyhow::Result<Arc<Self>> {
         for d in [&config.data_root, &config.exec_root] {
             std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
         }
-        let store = Store::open(&config.data_root.join("store")).context("open store")?;
+        let store = Store::open_waiting(&config.data_root.join("store")).await?;
         let meta = store.table("meta")?;
         let id = match meta.get::<String>("daemon_id")? {
             Some(id) => id,
@@ -102,9 +111,15 @@ impl Daemon {
             cgroup_parent: config.cgroup_parent.clone(),
             log_opts: config.log_opts.clone(),
         };
-        let containers =
-            Containers::open(&store, paths, events.clone(), images.clone(), net.clone())
-                .context("open container records")?;
+        let containers = Containers::open(
+            &store,
+            paths,
+            events.clone(),
+            images.clone(),
+            net.clone(),
+            gate.clone(),
+        )
+        .context("open container records")?;
         let weak = Arc::downgrade(&containers);
         images.set_in_use_checker(Arc::new(move |image_id: &str| {
             weak.upgrade().and_then(|c| c.image_user(image_id))
@@ -117,11 +132,14 @@ impl Daemon {
             images,
             net,
             containers,
+            gate,
+            ctl,
         }))
     }
 }
 
-fn init_tracing(level: &str) {
+/// Sets up logging to stderr (`BERTH_LOG` overrides the level).
+pub fn init_tracing(level: &str) {
     let level = match level {
         "fatal" => "error",
         l => l,
@@ -136,68 +154,10 @@ fn init_tracing(level: &str) {
 
 /// glibc gives every thread its own malloc arena; a daemon that is idle most of the time
 /// does not need more than two, and each costs resident memory.
-fn limit_malloc_arenas() {
+pub fn limit_malloc_arenas() {
     // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
     #[allow(unsafe_code)]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-}
-
-/// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config: Config) -> anyhow::Result<()> {
-    init_tracing(&config.log_level);
-    let listeners = crate::listener::open_all(&config.hosts).context("open listeners")?;
-    if let Some(p) = &config.pidfile {
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .with_context(|| format!("write pidfile {}", p.display()))?;
-    }
-    limit_malloc_arenas();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(16)
-        .thread_keep_alive(std::time::Duration::from_secs(2))
-        .enable_all()
-        .build()
-        .context("start runtime")?;
-    let pidfile = config.pidfile.clone();
-    let res = rt.block_on(async move {
-        let daemon = Daemon::open(config).await?;
-        daemon.containers.restore().await;
-        let router = Arc::new(router::Router::new(daemon.clone()));
-        for l in listeners {
-            l.set_nonblocking(true).context("listener nonblocking")?;
-            let l = tokio::net::UnixListener::from_std(l).context("listener into tokio")?;
-            let router = router.clone();
-            tokio::spawn(async move {
-                loop {
-                    match l.accept().await {
-                        Ok((s, _)) => {
-                            let router = router.clone();
-                            tokio::spawn(async move { http::serve_conn(s, &*router).await });
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                        }
-                    }
-                }
-            });
-        }
-        tracing::info!(hosts = ?daemon.config.hosts, root = %daemon.config.data_root.display(), "berthd serving");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("install SIGTERM handler")?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("berthd stopping; containers keep running under their shims");
-        daemon.store.flush()?;
-        anyhow::Ok(())
-    });
-    if let Some(p) = pidfile {
-        let _ = std::fs::remove_file(p);
-    }
-    rt.shutdown_timeout(std::time::Duration::from_millis(200));
-    res
 }

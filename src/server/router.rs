@@ -64,6 +64,7 @@ impl Router {
             ("GET", ["version"]) => system::version(d),
             ("GET", ["info"]) => system::info(d),
             ("GET", ["events"]) => system::events(d, &req),
+            ("POST", ["berth", "upgrade"]) => super::upgrade::upgrade(d, &req),
             (_, ["images", _, ..]) => images::route(d, req).await,
             (_, ["containers", ..]) => {
                 let segs: Vec<String> = segs.iter().map(|s| s.to_string()).collect();

@@ -9,11 +9,14 @@
 //! has read ahead, and a handler can take both ([`Response::Takeover`]).
 
 mod body;
+pub mod gate;
 
 use body::{fill, read_chunked, read_sized};
 use bytes::{Buf, BytesMut};
+pub use gate::{Admission, Gate, Phase};
 use std::collections::HashMap;
 use std::io::Write as _;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
@@ -31,6 +34,8 @@ pub struct Request {
     pub method: String,
     /// Path with any `/vX.Y` prefix removed, percent-decoded.
     pub path: String,
+    /// The request target as the client sent it.
+    pub raw_target: String,
     /// The API version from the prefix, when there was one.
     pub api_version: Option<String>,
     /// Query parameters (each may repeat).
@@ -109,6 +114,25 @@ impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }
+
+    /// The request as bytes another server can read again (for a hand-over to the next
+    /// generation); `None` when the body was spooled to disk or it is too large.
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let Body::Mem(body) = &self.body else {
+            return None;
+        };
+        let mut out = format!("{} {} HTTP/1.1\r\n", self.method, self.raw_target);
+        for (k, v) in &self.headers {
+            if k == "content-length" || k == "transfer-encoding" {
+                continue;
+            }
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(body);
+        (bytes.len() <= gate::MAX_PARKED).then_some(bytes)
+    }
 }
 
 /// A connection handed to a handler after the response head was written.
@@ -145,7 +169,8 @@ pub enum Response {
     },
     /// Write a head, then give the connection to `then` (the connection is not reused).
     Takeover {
-        /// 101 (hijack) or 200 (a chunked body written by whoever takes the connection).
+        /// 101 (hijack), 200 (a chunked body written by whoever takes the connection) or 0
+        /// (no head: whoever takes the connection writes the whole response).
         status: u16,
         /// Content-Type.
         content_type: &'static str,
@@ -269,10 +294,33 @@ enum ReadOutcome {
     Bad(u16, String),
 }
 
-/// Serves one connection until it closes or is taken over.
-pub async fn serve_conn<H: Handler + ?Sized>(mut stream: UnixStream, handler: &H) {
-    let mut buf = BytesMut::with_capacity(8192);
+/// Serves one connection until it closes, is taken over by a handler, or is handed to the
+/// next worker generation through `gate`. `initial` holds bytes already read from the
+/// socket (a connection handed over by the previous generation).
+pub async fn serve_conn<H: Handler + ?Sized>(
+    mut stream: UnixStream,
+    handler: &H,
+    gate: &Arc<Gate>,
+    initial: Vec<u8>,
+) {
+    let mut conn_guard = Some(gate.enter_conn());
+    let mut buf = BytesMut::with_capacity(8192.max(initial.len()));
+    buf.extend_from_slice(&initial);
+    let mut phase = gate.watch();
     loop {
+        if buf.is_empty() {
+            // Idle between requests: a frozen generation gives the connection away.
+            let frozen = tokio::select! {
+                r = stream.readable() => r.is_err(),
+                _ = phase.wait_for(|p| *p == Phase::Frozen) => true,
+            };
+            if frozen && gate.phase() == Phase::Frozen {
+                match gate.hand_off(stream, Vec::new(), None) {
+                    Ok(()) => return,
+                    Err(s) => stream = s,
+                }
+            }
+        }
         let (req, keep_alive) = match read_request(&mut stream, &mut buf).await {
             ReadOutcome::Request(r, k) => (r, k),
             ReadOutcome::Closed => return,
@@ -283,6 +331,16 @@ pub async fn serve_conn<H: Handler + ?Sized>(mut stream: UnixStream, handler: &H
                 return;
             }
         };
+        let admitted = match gate.admit(&req) {
+            Admission::Admit(a) => a,
+            Admission::Park(mut bytes) => {
+                bytes.extend_from_slice(&buf);
+                match gate.hand_off(stream, bytes, None) {
+                    Ok(()) => return,
+                    Err(_) => return,
+                }
+            }
+        };
         let is_head = req.method == "HEAD";
         let resp = handler.handle(req).await;
         match resp {
@@ -290,11 +348,9 @@ pub async fn serve_conn<H: Handler + ?Sized>(mut stream: UnixStream, handler: &H
                 let Some(parts) = FullParts::of(r) else {
                     return;
                 };
-                if write_full(&mut stream, parts, keep_alive, is_head)
-                    .await
-                    .is_err()
-                    || !keep_alive
-                {
+                let res = write_full(&mut stream, parts, keep_alive, is_head).await;
+                drop(admitted);
+                if res.is_err() || !keep_alive {
                     return;
                 }
             }
@@ -304,6 +360,10 @@ pub async fn serve_conn<H: Handler + ?Sized>(mut stream: UnixStream, handler: &H
                 headers,
                 mut rx,
             } => {
+                // A long response stream does not hold up a freeze: it ends with this
+                // generation. (Event streams are to be resumed by the next one.)
+                drop(admitted);
+                conn_guard.take();
                 let mut head = format!(
                     "HTTP/1.1 {status} {}\r\n{}Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n",
                     reason(status),
@@ -334,7 +394,9 @@ pub async fn serve_conn<H: Handler + ?Sized>(mut stream: UnixStream, handler: &H
                 content_type,
                 then,
             } => {
-                let head = if status == 101 {
+                let head = if status == 0 {
+                    String::new()
+                } else if status == 101 {
                     format!(
                         "HTTP/1.1 101 UPGRADED\r\nContent-Type: {content_type}\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n{}\r\n",
                         common_headers()
@@ -346,12 +408,15 @@ pub async fn serve_conn<H: Handler + ?Sized>(mut stream: UnixStream, handler: &H
                         common_headers()
                     )
                 };
-                if stream.write_all(head.as_bytes()).await.is_err() {
-                    return;
+                if !head.is_empty() {
+                    if stream.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let _ = stream.flush().await;
                 }
-                let _ = stream.flush().await;
                 let leftover = buf.to_vec();
                 then(Conn { stream, leftover }).await;
+                drop(admitted);
                 return;
             }
         }
@@ -493,6 +558,7 @@ async fn read_request(stream: &mut UnixStream, buf: &mut BytesMut) -> ReadOutcom
     ReadOutcome::Request(
         Request {
             method,
+            raw_target: target,
             path,
             api_version,
             query,

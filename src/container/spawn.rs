@@ -1,9 +1,8 @@
-//! Process management that belongs to the master: spawning shims so that they outlive
-//! every worker (double fork into a new session; the shim is re-parented away from the
-//! worker at once), and waiting for their readiness report.
-//!
-//! Until live upgrade lands the worker runs inside the master process; nothing here
-//! assumes the caller is the shim's parent after the spawn returns.
+//! Spawning shims so that they outlive every worker: a double fork into a new session
+//! re-parents the shim at once to the nearest subreaper, the master (which reaps it and,
+//! should the shim die first, its container's init), and the worker waits only for the
+//! shim's readiness report. Nothing here assumes the worker is the shim's parent after the
+//! spawn returns.
 
 use crate::error::{ApiError, ApiResult};
 use berth_api::shim::ShimReady;

@@ -1,0 +1,301 @@
+//! A worker generation: the API server and all logic, started by the master with the
+//! listening sockets and a control channel (DESIGN "Processes", "Live upgrade").
+//!
+//! A `worker` opens the store and serves at once (first start, or a respawn after a crash).
+//! A `successor` (live upgrade) warms up at low CPU priority while the current generation
+//! serves, reports `Warm`, and opens the store only when the master says `TakeOver` —
+//! after the previous generation froze, handed its connections over and exited.
+//! Every generation answers `Freeze` the same way: quiesce mutations, stop accepting,
+//! hand connections to the master, flush, then exit or resume as the master decides.
+
+use crate::config::Config;
+use crate::ctl::{self, Channel, ConnMsg, Resume, ToMaster, ToWorker};
+use crate::server::http::{self, Gate, Phase};
+use crate::server::{router::Router, Daemon};
+use anyhow::Context;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Messages to the master, in order (connections before `Frozen`).
+pub type CtlOut = mpsc::UnboundedSender<(ToMaster, Option<OwnedFd>)>;
+
+/// Injects the fault named in `BERTH_FAULT` when `point` matches (tests only): `exit`
+/// leaves at once, `panic` panics, `hang` stops making progress, `crash` aborts.
+pub fn fault(point: &str) {
+    let Ok(spec) = std::env::var(ctl::ENV_FAULT) else {
+        return;
+    };
+    let Some((at, action)) = spec.split_once(':') else {
+        return;
+    };
+    if at != point {
+        return;
+    }
+    tracing::warn!(point, action, "injecting fault");
+    match action {
+        "exit" => std::process::exit(3),
+        "panic" => panic!("injected fault at {point}"),
+        "hang" => loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        },
+        _ => std::process::abort(),
+    }
+}
+
+/// Whether this process was started by a master as a worker.
+pub fn is_worker() -> bool {
+    std::env::var_os(ctl::ENV_ROLE).is_some()
+}
+
+/// Runs a worker generation until the master tells it to leave.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    crate::server::init_tracing(&config.log_level);
+    let successor = std::env::var(ctl::ENV_ROLE).as_deref() == Ok("successor");
+    let generation: u64 = std::env::var(ctl::ENV_GENERATION)
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(1);
+    let listeners: i32 = std::env::var(ctl::ENV_LISTENERS)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .context("BERTH_LISTENERS is not set")?;
+    for k in [ctl::ENV_ROLE, ctl::ENV_GENERATION, ctl::ENV_LISTENERS] {
+        std::env::remove_var(k);
+    }
+    fault("start");
+    // SAFETY: the master placed the control socket at fd 3 and the listeners after it;
+    // nothing else in this process owns them.
+    #[allow(unsafe_code)]
+    let (ctl_fd, listen_fds) = unsafe {
+        (
+            OwnedFd::from_raw_fd(ctl::CTL_FD),
+            (0..listeners)
+                .map(|i| OwnedFd::from_raw_fd(ctl::CTL_FD + 1 + i))
+                .collect::<Vec<_>>(),
+        )
+    };
+    for fd in std::iter::once(&ctl_fd).chain(listen_fds.iter()) {
+        let _ = nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+    crate::server::limit_malloc_arenas();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
+        .enable_all()
+        .build()
+        .context("start runtime")?;
+    rt.block_on(serve(config, generation, successor, ctl_fd, listen_fds))
+}
+
+async fn serve(
+    config: Config,
+    generation: u64,
+    successor: bool,
+    ctl_fd: OwnedFd,
+    listen_fds: Vec<OwnedFd>,
+) -> anyhow::Result<()> {
+    let ctl = Arc::new(Channel::new(ctl_fd).context("control channel")?);
+    let (out, out_rx) = mpsc::unbounded_channel();
+    tokio::spawn(send_loop(ctl.clone(), out_rx));
+    let _ = out.send((
+        ToMaster::Hello {
+            generation,
+            ctl_protocol: ctl::CTL_PROTOCOL_VERSION,
+            store_format: crate::store::FORMAT_VERSION,
+            shim_protocol: (
+                berth_api::shim::SHIM_PROTOCOL_MIN,
+                berth_api::shim::SHIM_PROTOCOL_VERSION,
+            ),
+        },
+        None,
+    ));
+    if successor {
+        fault("warmup");
+        let _ = out.send((ToMaster::Warm, None));
+        loop {
+            match ctl.recv::<ToWorker>().await {
+                Ok(Some((ToWorker::TakeOver, _))) => break,
+                Ok(Some((ToWorker::Freeze, _))) => fault("freeze"),
+                Ok(Some((other, _))) => anyhow::bail!("expected TakeOver, got {other:?}"),
+                Ok(None) => anyhow::bail!("the master went away before the take-over"),
+                Err(e) => return Err(e).context("read the master's take-over"),
+            }
+        }
+        fault("takeover");
+        reset_priority();
+    }
+    let t0 = Instant::now();
+    let gate = Gate::new();
+    let handed = Arc::new(AtomicUsize::new(0));
+    {
+        let out = out.clone();
+        let handed = handed.clone();
+        gate.set_handoff(Arc::new(move |stream, bytes, resume| {
+            handed.fetch_add(1, Ordering::SeqCst);
+            let _ = out.send((
+                ToMaster::Conn(ConnMsg::new(&bytes, resume)),
+                Some(OwnedFd::from(stream)),
+            ));
+        }));
+    }
+    let daemon = Daemon::open(config, gate.clone(), Some(out.clone())).await?;
+    daemon.containers.restore().await;
+    let router = Arc::new(Router::new(daemon.clone()));
+    let mut accepting = Vec::new();
+    for fd in listen_fds {
+        let l = std::os::unix::net::UnixListener::from(fd);
+        l.set_nonblocking(true).context("listener nonblocking")?;
+        let l = tokio::net::UnixListener::from_std(l).context("listener into tokio")?;
+        accepting.push(tokio::spawn(accept_loop(l, router.clone(), gate.clone())));
+    }
+    let startup_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let _ = out.send((ToMaster::Serving { startup_ms }, None));
+    tracing::info!(generation, startup_ms, "worker serving");
+    fault("serving");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install SIGTERM handler")?;
+    loop {
+        let msg = tokio::select! {
+            m = ctl.recv::<ToWorker>() => m,
+            _ = term.recv() => Ok(None),
+        };
+        match msg {
+            Ok(Some((ToWorker::Conn(c), fds))) => {
+                if let Some(fd) = fds.into_iter().next() {
+                    adopt_conn(&router, &gate, fd, c);
+                }
+            }
+            Ok(Some((ToWorker::Freeze, _))) => {
+                let t_q = Instant::now();
+                gate.set_phase(Phase::Quiescing);
+                gate.mutations_done().await;
+                let quiesce_ms = t_q.elapsed().as_secs_f64() * 1000.0;
+                let t_f = Instant::now();
+                gate.set_phase(Phase::Frozen);
+                gate.all_done().await;
+                if let Err(e) = daemon.store.flush() {
+                    tracing::error!(error = %e, "flush the store at freeze");
+                }
+                let freeze_ms = t_f.elapsed().as_secs_f64() * 1000.0;
+                let conns = handed.swap(0, Ordering::SeqCst);
+                let _ = out.send((
+                    ToMaster::Frozen {
+                        conns,
+                        quiesce_ms,
+                        freeze_ms,
+                    },
+                    None,
+                ));
+                fault("frozen");
+            }
+            Ok(Some((ToWorker::Resume, _))) => {
+                tracing::warn!("upgrade rolled back; serving again");
+                gate.set_phase(Phase::Serving);
+            }
+            Ok(Some((ToWorker::Exit, _))) => {
+                // Only a frozen generation is told to exit: nothing is in flight, the
+                // store is flushed, every connection was handed over.
+                tracing::info!(generation, "worker leaving; the next generation serves");
+                std::process::exit(0);
+            }
+            Ok(Some((ToWorker::TakeOver, _))) => {}
+            Ok(None) | Err(_) => {
+                // The master is gone (or SIGTERM): finish what was admitted, then leave
+                // so that the next master's worker can open the store.
+                tracing::warn!("master gone or SIGTERM: worker draining");
+                gate.set_phase(Phase::Frozen);
+                // Close this process's copies of the listeners at once: the socket stays
+                // open where systemd (or the next master) holds it.
+                for a in &accepting {
+                    a.abort();
+                }
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), gate.all_done()).await;
+                let _ = daemon.store.flush();
+                std::process::exit(0);
+            }
+        }
+    }
+}
+
+/// Writes the queued messages to the master, each with its fd (closed once sent).
+async fn send_loop(
+    ctl: Arc<Channel>,
+    mut rx: mpsc::UnboundedReceiver<(ToMaster, Option<OwnedFd>)>,
+) {
+    while let Some((msg, fd)) = rx.recv().await {
+        let fds: Vec<i32> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        if let Err(e) = ctl.send(&msg, &fds).await {
+            tracing::error!(error = %e, "send to the master");
+        }
+    }
+}
+
+async fn accept_loop(l: tokio::net::UnixListener, router: Arc<Router>, gate: Arc<Gate>) {
+    let mut phase = gate.watch();
+    loop {
+        if phase.wait_for(|p| *p != Phase::Frozen).await.is_err() {
+            return;
+        }
+        let accepted = tokio::select! {
+            r = l.accept() => Some(r),
+            _ = phase.wait_for(|p| *p == Phase::Frozen) => None,
+        };
+        match accepted {
+            Some(Ok((s, _))) => {
+                let router = router.clone();
+                let gate = gate.clone();
+                tokio::spawn(async move { http::serve_conn(s, &*router, &gate, Vec::new()).await });
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            None => {}
+        }
+    }
+}
+
+/// Serves a connection handed over by the previous generation.
+fn adopt_conn(router: &Arc<Router>, gate: &Arc<Gate>, fd: OwnedFd, msg: ConnMsg) {
+    let std_stream = std::os::unix::net::UnixStream::from(fd);
+    if let Err(e) = std_stream.set_nonblocking(true) {
+        tracing::warn!(error = %e, "adopted connection");
+        return;
+    }
+    let Ok(stream) = tokio::net::UnixStream::from_std(std_stream) else {
+        return;
+    };
+    let router = router.clone();
+    let gate = gate.clone();
+    tokio::spawn(async move {
+        match msg.resume {
+            // Not produced yet: event streams are wired in with the persistent journal.
+            Some(Resume::Events { .. }) => drop(stream),
+            None => http::serve_conn(stream, &*router, &gate, msg.bytes()).await,
+        }
+    });
+}
+
+/// A successor ran at low priority while it warmed up; now it is the one that serves.
+fn reset_priority() {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for t in tasks.flatten() {
+        if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+            // SAFETY: setpriority on one of our own threads; no memory is passed.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, tid, 0);
+            }
+        }
+    }
+}
