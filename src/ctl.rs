@@ -127,8 +127,12 @@ pub enum ToWorker {
     Freeze,
     /// Rollback: serve again.
     Resume,
-    /// Successor: open the store and serve.
-    TakeOver,
+    /// Successor: open the store and serve. `clean`: the previous generation froze and
+    /// left everything consistent (no kernel state to verify).
+    TakeOver {
+        /// Whether the previous generation handed over cleanly.
+        clean: bool,
+    },
     /// A client connection (fd attached) to serve.
     Conn(ConnMsg),
     /// Leave: the next generation owns the store now.

@@ -116,12 +116,16 @@ async fn serve(
         },
         None,
     ));
+    let mut clean = false;
     if successor {
         fault("warmup");
         let _ = out.send((ToMaster::Warm, None));
         loop {
             match ctl.recv::<ToWorker>().await {
-                Ok(Some((ToWorker::TakeOver, _))) => break,
+                Ok(Some((ToWorker::TakeOver { clean: c }, _))) => {
+                    clean = c;
+                    break;
+                }
                 Ok(Some((ToWorker::Freeze, _))) => fault("freeze"),
                 Ok(Some((other, _))) => anyhow::bail!("expected TakeOver, got {other:?}"),
                 Ok(None) => anyhow::bail!("the master went away before the take-over"),
@@ -145,8 +149,10 @@ async fn serve(
             ));
         }));
     }
-    let daemon = Daemon::open(config, gate.clone(), Some(out.clone())).await?;
-    daemon.containers.restore().await;
+    let daemon = Daemon::open(config, gate.clone(), Some(out.clone()), clean).await?;
+    let t_open = t0.elapsed();
+    daemon.containers.restore(clean).await;
+    tracing::debug!(open = ?t_open, restore = ?(t0.elapsed() - t_open), "worker start-up phases");
     let router = Arc::new(Router::new(daemon.clone()));
     let mut accepting = Vec::new();
     for fd in listen_fds {
@@ -205,7 +211,7 @@ async fn serve(
                 tracing::info!(generation, "worker leaving; the next generation serves");
                 std::process::exit(0);
             }
-            Ok(Some((ToWorker::TakeOver, _))) => {}
+            Ok(Some((ToWorker::TakeOver { .. }, _))) => {}
             Ok(None) | Err(_) => {
                 // The master is gone (or SIGTERM): finish what was admitted, then leave
                 // so that the next master's worker can open the store.

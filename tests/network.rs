@@ -138,7 +138,7 @@ async fn bridge_containers_talk_and_release_cleans_up() -> anyhow::Result<()> {
     }
     let fx = Fixture::new()?;
     let store = fx.store().await?;
-    let m = NetworkManager::open(fx.cfg.clone(), &store).await?;
+    let m = NetworkManager::open(fx.cfg.clone(), &store, true).await?;
     let gw = format!("{}1", fx.subnet_prefix);
 
     // Bridge: up, with the gateway address.
@@ -294,7 +294,7 @@ async fn ipam_is_unique_under_concurrency_and_survives_reopen() -> anyhow::Resul
     let ids: Vec<String> = (10..16).map(cid).collect();
     let (first, table_before) = {
         let store = fx.store().await?;
-        let m = Arc::new(NetworkManager::open(fx.cfg.clone(), &store).await?);
+        let m = Arc::new(NetworkManager::open(fx.cfg.clone(), &store, true).await?);
         let tasks: Vec<_> = ids
             .iter()
             .map(|id| {
@@ -314,7 +314,7 @@ async fn ipam_is_unique_under_concurrency_and_survives_reopen() -> anyhow::Resul
     };
     // Reopen (daemon restart): leases, veths and firewall rules are kept as they are.
     let store = fx.store().await?;
-    let m = NetworkManager::open(fx.cfg.clone(), &store).await?;
+    let m = NetworkManager::open(fx.cfg.clone(), &store, true).await?;
     let table_after = run(&["nft", "-a", "list", "table", "inet", &fx.cfg.nft_table])?;
     assert_eq!(table_before, table_after, "rules were rewritten on reopen");
     let again = m.ensure(&ids[0], &req("x")).await?;
@@ -345,7 +345,7 @@ async fn none_mode_has_only_loopback_and_host_mode_no_namespace() -> anyhow::Res
     }
     let fx = Fixture::new()?;
     let store = fx.store().await?;
-    let m = NetworkManager::open(fx.cfg.clone(), &store).await?;
+    let m = NetworkManager::open(fx.cfg.clone(), &store, true).await?;
     let none = NetRequest {
         mode: NetMode::None,
         name: "n".into(),

@@ -4,7 +4,7 @@
 use super::lifecycle::read_exit_file;
 use super::record::Status;
 use super::{now_ns, Containers};
-use berth_api::shim::{ExitRecord, ShimEvent, ShimRequest, ShimResponse, ShimStatus};
+use berth_api::shim::{ExitRecord, ShimEvent, ShimRequest, ShimResponse, ShimState, ShimStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,16 +138,36 @@ impl Containers {
     /// daemon ran, finish interrupted removals, apply restart policies. The daemon may have
     /// died at any point of a start, an exit or a restart: whatever the store says, a shim
     /// still on the container's control socket tells what really happened.
-    pub async fn restore(self: &Arc<Self>) {
+    pub async fn restore(self: &Arc<Self>, clean_takeover: bool) {
         let all = self.all();
         let ids: Vec<String> = all.iter().map(|r| r.id.clone()).collect();
-        if let Err(e) = self.net.reconcile(&ids).await {
-            tracing::warn!(error = %e, "network reconcile");
+        if !clean_takeover {
+            if let Err(e) = self.net.reconcile(&ids).await {
+                tracing::warn!(error = %e, "network reconcile");
+            }
         }
         for rec in all {
             let id = rec.id.clone();
             match rec.state.status {
+                // The previous generation handed over with every shim alive: subscribe at
+                // once (a shim that is gone is found by the monitor's subscription).
+                Status::Running | Status::Paused if clean_takeover => self.spawn_monitor(id),
                 Status::Running | Status::Paused => match self.probe_shim(&id).await {
+                    Some(ShimState {
+                        exit: Some(x),
+                        status: ShimStatus::Exited,
+                        ..
+                    }) => {
+                        // Exited while no worker ran: recorded before the API answers.
+                        self.record_exit(&id, &x, false).await;
+                        if let Err(e) = self
+                            .shim(&id)
+                            .call(ShimRequest::AckExit { pid: x.pid }, None)
+                            .await
+                        {
+                            tracing::warn!(%id, error = %e, "acknowledge exit");
+                        }
+                    }
                     Some(st) => {
                         tracing::info!(%id, pid = st.pid, "re-adopted shim");
                         self.spawn_monitor(id);

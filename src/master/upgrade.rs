@@ -215,6 +215,7 @@ async fn attempt(
             }
         }
     }
+    let t_frozen = Instant::now();
     // CUT-OVER: the old generation leaves (releasing the store), the new one takes over.
     if old_alive {
         send(m, old, ToWorker::Exit).await;
@@ -245,8 +246,9 @@ async fn attempt(
             }
         }
     }
+    let t_old_gone = Instant::now();
     m.active = Some(new);
-    send(m, new, ToWorker::TakeOver).await;
+    send(m, new, ToWorker::TakeOver { clean: old_alive }).await;
     let deadline = Instant::now() + CUTOVER_TIMEOUT;
     loop {
         match m.next_event(deadline).await {
@@ -261,6 +263,12 @@ async fn attempt(
             }
             Some(Event::Msg(pid, ToMaster::Serving { .. }, _)) if pid == new => {
                 report.freeze_cutover_ms = ms(t_freeze) - report.quiesce_ms;
+                tracing::debug!(
+                    freeze_ms = ms(t_freeze) - ms(t_frozen) - report.quiesce_ms,
+                    old_exit_ms = ms(t_frozen) - ms(t_old_gone),
+                    takeover_ms = ms(t_old_gone),
+                    "cut-over phases"
+                );
                 m.flush_pending(new).await;
                 break;
             }

@@ -48,9 +48,11 @@ impl NetworkManager<NetlinkKernel> {
     /// Opens the manager on the real kernel: ensures the bridge (up, gateway address),
     /// `ip_forward`, berth's nftables table and the netns directory; leaves alone whatever
     /// is already right.
-    pub async fn open(cfg: NetConfig, store: &Store) -> ApiResult<Self> {
+    /// `verify`: check the bridge and the firewall against the kernel (skipped on a clean
+    /// take-over from the previous generation, which left them right).
+    pub async fn open(cfg: NetConfig, store: &Store, verify: bool) -> ApiResult<Self> {
         let kernel = NetlinkKernel::new()?;
-        Self::open_with(cfg, store, kernel).await
+        Self::open_checked(cfg, store, kernel, verify).await
     }
 }
 
@@ -97,6 +99,15 @@ fn check_container_id(id: &str) -> ApiResult<()> {
 impl<K: Kernel> NetworkManager<K> {
     /// [`NetworkManager::open`] with another [`Kernel`] (tests use a fake).
     pub async fn open_with(cfg: NetConfig, store: &Store, kernel: K) -> ApiResult<Self> {
+        Self::open_checked(cfg, store, kernel, true).await
+    }
+
+    async fn open_checked(
+        cfg: NetConfig,
+        store: &Store,
+        kernel: K,
+        verify: bool,
+    ) -> ApiResult<Self> {
         cfg.validate()?;
         let subnet = Subnet::parse_bip(cfg.bip.as_deref().unwrap_or(DEFAULT_BIP))?;
         let nets = store.table("networks")?;
@@ -110,10 +121,12 @@ impl<K: Kernel> NetworkManager<K> {
             subnet,
             locks: Mutex::new(HashMap::new()),
         };
-        mgr.kernel.ensure_bridge(&mgr.bridge_spec()).await?;
-        mgr.kernel.enable_ip_forward().await?;
-        mgr.sync_firewall().await?;
-        mgr.kernel.prepare_netns_dir(&mgr.netns_dir()).await?;
+        if verify {
+            mgr.kernel.ensure_bridge(&mgr.bridge_spec()).await?;
+            mgr.kernel.enable_ip_forward().await?;
+            mgr.sync_firewall().await?;
+            mgr.kernel.prepare_netns_dir(&mgr.netns_dir()).await?;
+        }
         Ok(mgr)
     }
 

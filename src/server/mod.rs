@@ -72,7 +72,9 @@ impl Daemon {
         config: Config,
         gate: Arc<http::Gate>,
         ctl: Option<crate::worker::CtlOut>,
+        clean_takeover: bool,
     ) -> anyhow::Result<Arc<Self>> {
+        let t0 = std::time::Instant::now();
         for d in [&config.data_root, &config.exec_root] {
             std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
         }
@@ -86,6 +88,7 @@ impl Daemon {
                 id
             }
         };
+        let t_store = t0.elapsed();
         let events = Arc::new(EventBus::new());
         let images = Arc::new(
             ImageStore::open(&config.data_root.join("image"), &store, events.clone())
@@ -100,10 +103,12 @@ impl Daemon {
                     exec_root: config.exec_root.clone(),
                 },
                 &store,
+                !clean_takeover,
             )
             .await
             .context("set up networking")?,
         );
+        let t_net = t0.elapsed();
         let paths = Paths {
             data_root: config.data_root.clone(),
             exec_root: config.exec_root.clone(),
@@ -120,6 +125,7 @@ impl Daemon {
             gate.clone(),
         )
         .context("open container records")?;
+        tracing::debug!(store = ?t_store, net = ?t_net, all = ?t0.elapsed(), "daemon state opened");
         let weak = Arc::downgrade(&containers);
         images.set_in_use_checker(Arc::new(move |image_id: &str| {
             weak.upgrade().and_then(|c| c.image_user(image_id))
