@@ -216,6 +216,13 @@ async fn attempt(
         }
     }
     let t_frozen = Instant::now();
+    if old_alive && has_exited(new) {
+        // The successor died while the old generation froze (its exit may not have been
+        // reaped yet): the old generation resumes.
+        send(m, old, ToWorker::Resume).await;
+        m.flush_pending(old).await;
+        return Err("the new worker died during the freeze".into());
+    }
     // CUT-OVER: the old generation leaves (releasing the store), the new one takes over.
     if old_alive {
         send(m, old, ToWorker::Exit).await;
@@ -402,6 +409,18 @@ fn kill(pid: i32) {
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     );
+}
+
+/// Whether `pid` (a child) has exited, without reaping it (the reaper does that).
+fn has_exited(pid: i32) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags) {
+        Ok(WaitStatus::StillAlive) => false,
+        Ok(_) => true,
+        // Already reaped: gone.
+        Err(_) => true,
+    }
 }
 
 fn ms(t: Instant) -> f64 {
