@@ -258,7 +258,10 @@ async fn accept_loop(l: tokio::net::UnixListener, router: Arc<Router>, gate: Arc
             Some(Ok((s, _))) => {
                 let router = router.clone();
                 let gate = gate.clone();
-                tokio::spawn(async move { http::serve_conn(s, &*router, &gate, Vec::new()).await });
+                let guard = gate.enter_conn();
+                tokio::spawn(async move {
+                    http::serve_conn(s, &*router, &gate, Vec::new(), guard).await
+                });
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -281,11 +284,12 @@ fn adopt_conn(router: &Arc<Router>, gate: &Arc<Gate>, fd: OwnedFd, msg: ConnMsg)
     };
     let router = router.clone();
     let gate = gate.clone();
+    let guard = gate.enter_conn();
     tokio::spawn(async move {
         match msg.resume {
             // Not produced yet: event streams are wired in with the persistent journal.
             Some(Resume::Events { .. }) => drop(stream),
-            None => http::serve_conn(stream, &*router, &gate, msg.bytes()).await,
+            None => http::serve_conn(stream, &*router, &gate, msg.bytes(), guard).await,
         }
     });
 }

@@ -62,6 +62,8 @@ pub struct Master {
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     notified_ready: bool,
+    /// An upgrade runs: handed-over connections wait until it knows who serves next.
+    upgrading: bool,
 }
 
 /// Runs the master until SIGTERM/SIGINT. `args` are the daemon's arguments, given to every
@@ -106,6 +108,7 @@ pub fn run(config: Config, args: Vec<OsString>) -> anyhow::Result<()> {
             events_tx,
             events,
             notified_ready: false,
+            upgrading: false,
         };
         m.run().await
     });
@@ -156,7 +159,12 @@ impl Master {
                         upgrade::reply(client, 409, &upgrade::busy());
                         continue;
                     }
+                    self.upgrading = true;
                     upgrade::run(self, params, client).await;
+                    self.upgrading = false;
+                    if let Some(a) = self.active {
+                        self.flush_pending(a).await;
+                    }
                 }
                 Event::Msg(pid, msg, fds) => self.on_msg(pid, msg, fds).await,
                 Event::Exited(pid, status) => {
@@ -214,7 +222,7 @@ impl Master {
                 if let Some(fd) = fds.into_iter().next() {
                     self.pending.push_back((c, fd));
                 }
-                if let Some(a) = self.active {
+                if let (Some(a), false) = (self.active, self.upgrading) {
                     self.flush_pending(a).await;
                 }
             }

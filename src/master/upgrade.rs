@@ -44,8 +44,6 @@ pub struct Report {
     pub freeze_cutover_ms: f64,
     /// Connections handed from the old generation to the new one.
     pub conns_handed_over: usize,
-    /// Requests that were in flight on a worker that died (they failed).
-    pub lost_in_flight: usize,
 }
 
 /// The body for a second upgrade while one runs.

@@ -297,13 +297,17 @@ enum ReadOutcome {
 /// Serves one connection until it closes, is taken over by a handler, or is handed to the
 /// next worker generation through `gate`. `initial` holds bytes already read from the
 /// socket (a connection handed over by the previous generation).
+///
+/// `guard` counts the connection in the gate from the moment it was accepted (taken by the
+/// caller before spawning this task, so that a freeze cannot miss it).
 pub async fn serve_conn<H: Handler + ?Sized>(
     mut stream: UnixStream,
     handler: &H,
     gate: &Arc<Gate>,
     initial: Vec<u8>,
+    guard: gate::ConnGuard,
 ) {
-    let mut conn_guard = Some(gate.enter_conn());
+    let mut conn_guard = Some(guard);
     let mut buf = BytesMut::with_capacity(8192.max(initial.len()));
     buf.extend_from_slice(&initial);
     let mut phase = gate.watch();

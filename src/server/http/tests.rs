@@ -41,8 +41,13 @@ impl Handler for Echo {
 #[tokio::test]
 async fn keep_alive_and_chunked_bodies_work_on_one_connection() -> anyhow::Result<()> {
     let (a, mut b) = UnixStream::pair()?;
-    let server =
-        tokio::spawn(async move { serve_conn(a, &Echo, &super::Gate::new(), Vec::new()).await });
+    let server = tokio::spawn(async move {
+        {
+            let g = super::Gate::new();
+            let guard = g.enter_conn();
+            serve_conn(a, &Echo, &g, Vec::new(), guard).await
+        }
+    });
     b.write_all(b"POST /v1.41/a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\n2\r\nab\r\n0\r\n\r\n").await?;
     let mut got = Vec::new();
     let mut tmp = [0u8; 4096];
