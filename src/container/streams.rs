@@ -231,6 +231,7 @@ impl Containers {
             content_type: "application/vnd.docker.raw-stream",
             headers: vec![],
             rx,
+            resumable: None,
         })
     }
 

@@ -168,6 +168,7 @@ async fn load(d: &Daemon, req: Request) -> ApiResult<Response> {
         content_type: "application/json",
         headers: vec![],
         rx,
+        resumable: None,
     })
 }
 
@@ -261,5 +262,6 @@ async fn save(d: &Daemon, names: Vec<String>) -> ApiResult<Response> {
         content_type: "application/x-tar",
         headers: vec![],
         rx,
+        resumable: None,
     })
 }

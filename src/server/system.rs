@@ -291,6 +291,11 @@ pub fn events(d: &Daemon, req: &Request) -> ApiResult<Response> {
         content_type: "application/json",
         headers: vec![],
         rx: out,
+        resumable: Some(super::http::Resumable {
+            query: String::new(),
+            seqs: Default::default(),
+            after: None,
+        }),
     })
 }
 

@@ -73,6 +73,23 @@ impl Pty {
         Pty { master, child, out }
     }
 
+    /// Resizes the terminal; the kernel sends SIGWINCH to its foreground process group (the
+    /// docker CLI, which then resizes the container's tty through the API).
+    #[allow(dead_code)]
+    pub fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is our pty master.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+
     /// Types `data` into the terminal.
     pub fn send(&mut self, data: &[u8]) {
         self.master.write_all(data).expect("write to pty");

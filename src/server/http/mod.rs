@@ -143,6 +143,18 @@ pub struct Conn {
     pub leftover: Vec<u8>,
 }
 
+/// How a response stream is continued by the next generation: the producer pushes the
+/// sequence number of each chunk to `seqs` before it sends the chunk; the connection pops
+/// one per chunk written, so it knows the last one the client got.
+pub struct Resumable {
+    /// The request's raw query string (filters, since, until).
+    pub query: String,
+    /// Sequence numbers of the chunks sent, in order.
+    pub seqs: Arc<std::sync::Mutex<std::collections::VecDeque<u64>>>,
+    /// The cursor before the first chunk.
+    pub after: Option<u64>,
+}
+
 /// What a handler returns.
 pub enum Response {
     /// A complete response.
@@ -166,6 +178,9 @@ pub enum Response {
         headers: Vec<(String, String)>,
         /// Chunks.
         rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        /// Set for streams the next generation can continue (events); others are waited
+        /// for by a freeze.
+        resumable: Option<Resumable>,
     },
     /// Write a head, then give the connection to `then` (the connection is not reused).
     Takeover {
@@ -307,7 +322,7 @@ pub async fn serve_conn<H: Handler + ?Sized>(
     initial: Vec<u8>,
     guard: gate::ConnGuard,
 ) {
-    let mut conn_guard = Some(guard);
+    let _conn_guard = guard;
     let mut buf = BytesMut::with_capacity(8192.max(initial.len()));
     buf.extend_from_slice(&initial);
     let mut phase = gate.watch();
@@ -363,11 +378,8 @@ pub async fn serve_conn<H: Handler + ?Sized>(
                 content_type,
                 headers,
                 mut rx,
+                resumable,
             } => {
-                // A long response stream does not hold up a freeze: it ends with this
-                // generation. (Event streams are to be resumed by the next one.)
-                drop(admitted);
-                conn_guard.take();
                 let mut head = format!(
                     "HTTP/1.1 {status} {}\r\n{}Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n",
                     reason(status),
@@ -381,7 +393,36 @@ pub async fn serve_conn<H: Handler + ?Sized>(
                     return;
                 }
                 let _ = stream.flush().await;
-                while let Some(data) = rx.recv().await {
+                // A resumable stream does not hold up a freeze: it is handed over with its
+                // cursor. Any other stream (a load's progress) is finished here first.
+                let mut last = resumable.as_ref().and_then(|r| r.after);
+                let _admitted = if resumable.is_some() {
+                    drop(admitted);
+                    None
+                } else {
+                    Some(admitted)
+                };
+                loop {
+                    let data = tokio::select! {
+                        d = rx.recv() => d,
+                        _ = phase.wait_for(|p| *p == Phase::Frozen), if resumable.is_some() => {
+                            let Some(r) = resumable else { return };
+                            let resume = crate::ctl::Resume::Events {
+                                query: r.query,
+                                after_seq: last,
+                            };
+                            drop(rx);
+                            let _ = gate.hand_off(stream, Vec::new(), Some(resume));
+                            return;
+                        }
+                    };
+                    let Some(data) = data else { break };
+                    if let Some(r) = &resumable {
+                        let seq = r.seqs.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                        if seq.is_some() {
+                            last = seq;
+                        }
+                    }
                     if data.is_empty() {
                         continue;
                     }
