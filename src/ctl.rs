@@ -168,6 +168,11 @@ impl Channel {
         )?)
     }
 
+    /// The socket's fd number (kept open across a master's re-exec).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.get_ref().as_raw_fd()
+    }
+
     /// Sends one message with fds.
     pub async fn send<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> std::io::Result<()> {
         loop {

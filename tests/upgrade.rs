@@ -203,3 +203,47 @@ fn failed_upgrades_roll_back_and_the_daemon_serves_on() {
     let st = slow.wait_with_output().expect("slow upgrade");
     assert!(!st.status.success());
 }
+
+#[test]
+fn the_master_re_executes_in_place_with_the_new_binary() {
+    let Some(d) = daemon_with_image() else { return };
+    let ids = run_containers(&d, 2);
+    let dir = d.path("v2");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_berthd"));
+    let new_bin = dir.join("berthd");
+    std::fs::copy(bin, &new_bin).expect("copy berthd");
+    std::fs::copy(bin.with_file_name("berth-shim"), dir.join("berth-shim")).expect("copy shim");
+    let master = d.master_pid();
+    let (out, report) = upgrade(&d, &["--binary", new_bin.to_str().unwrap_or_default()]);
+    assert!(out.status.success(), "{report}");
+    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    common::until("the master to run the new binary", || {
+        exe(master) == new_bin
+    });
+    let workers = d.worker_pids();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert_eq!(exe(workers[0]), new_bin);
+    // The re-executed master runs upgrades (default binary: the new one) and respawns.
+    let (out, report) = upgrade(&d, &[]);
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report["Binary"], new_bin.to_str().unwrap_or_default());
+    common::until("the re-executed master to settle", || {
+        d.worker_pids().len() == 1
+    });
+    let w = d.worker_pids()[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(w),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill worker");
+    common::until("a new worker", || {
+        d.worker_pids().first().is_some_and(|p| *p != w) && d.docker(&["version"]).status.success()
+    });
+    assert_eq!(exe(d.worker_pids()[0]), new_bin);
+    assert_eq!(d.master_pid(), master);
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.Status}}", &ids[0]]),
+        "running"
+    );
+}

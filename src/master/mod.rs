@@ -7,6 +7,7 @@
 
 pub mod notify;
 pub mod reap;
+pub mod reexec;
 pub mod spawn;
 pub mod upgrade;
 
@@ -64,6 +65,8 @@ pub struct Master {
     notified_ready: bool,
     /// An upgrade runs: handed-over connections wait until it knows who serves next.
     upgrading: bool,
+    /// The instance lock (kept across a re-exec).
+    lock: std::fs::File,
 }
 
 /// Runs the master until SIGTERM/SIGINT. `args` are the daemon's arguments, given to every
@@ -78,17 +81,27 @@ pub fn run(config: Config, args: Vec<OsString>) -> anyhow::Result<()> {
     for d in [&config.data_root, &config.exec_root] {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     }
-    let _lock = instance_lock(&config)?;
-    let listeners: Vec<OwnedFd> = crate::listener::open_all(&config.hosts)
-        .context("open listeners")?
-        .into_iter()
-        .map(OwnedFd::from)
-        .collect();
+    let previous = reexec::take_state();
+    let (lock, listeners, binary) = match &previous {
+        Some(st) => {
+            let (lock, listeners) = st.take_fds();
+            (lock, listeners, st.binary().to_path_buf())
+        }
+        None => {
+            let lock = instance_lock(&config)?;
+            let listeners: Vec<OwnedFd> = crate::listener::open_all(&config.hosts)
+                .context("open listeners")?
+                .into_iter()
+                .map(OwnedFd::from)
+                .collect();
+            let binary = std::env::current_exe().context("find the berthd binary")?;
+            (lock, listeners, binary)
+        }
+    };
     if let Some(p) = &config.pidfile {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .with_context(|| format!("write pidfile {}", p.display()))?;
     }
-    let binary = std::env::current_exe().context("find the berthd binary")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -109,7 +122,20 @@ pub fn run(config: Config, args: Vec<OsString>) -> anyhow::Result<()> {
             events,
             notified_ready: false,
             upgrading: false,
+            lock,
         };
+        match previous {
+            Some(st) => {
+                st.adopt_workers(&mut m)?;
+                tracing::info!(
+                    pid = std::process::id(),
+                    "master re-executed; workers adopted"
+                );
+            }
+            None => {
+                m.start_worker(m.binary.clone(), Role::Worker, None)?;
+            }
+        }
         m.run().await
     });
     if let Some(p) = pidfile {
@@ -143,7 +169,6 @@ fn instance_lock(config: &Config) -> anyhow::Result<std::fs::File> {
 impl Master {
     async fn run(&mut self) -> anyhow::Result<()> {
         self.spawn_signal_tasks()?;
-        self.start_worker(self.binary.clone(), Role::Worker, None)?;
         let mut backoff = Duration::from_millis(50);
         loop {
             let Some(ev) = self.events.recv().await else {
@@ -275,6 +300,13 @@ impl Master {
         if role == Role::Worker {
             self.active = Some(pid);
         }
+        self.follow(pid, ctl);
+        tracing::info!(pid, generation = self.generation, ?role, "worker started");
+        Ok(pid)
+    }
+
+    /// Reads worker `pid`'s control channel into the event queue.
+    pub(crate) fn follow(&self, pid: i32, ctl: Arc<Channel>) {
         let tx = self.events_tx.clone();
         tokio::spawn(async move {
             loop {
@@ -291,8 +323,6 @@ impl Master {
                 }
             }
         });
-        tracing::info!(pid, generation = self.generation, ?role, "worker started");
-        Ok(pid)
     }
 
     fn spawn_signal_tasks(&self) -> anyhow::Result<()> {
@@ -367,7 +397,7 @@ fn worker_pids() -> HashSet<i32> {
         .unwrap_or_default()
 }
 
-fn set_worker_pid(pid: i32, present: bool) {
+pub(crate) fn set_worker_pid(pid: i32, present: bool) {
     let mut g = WORKER_PIDS.lock().unwrap_or_else(|e| e.into_inner());
     let set = g.get_or_insert_with(HashSet::new);
     if present {

@@ -102,6 +102,9 @@ pub async fn run(m: &mut Master, params: UpgradeParams, client: OwnedFd) {
                 200,
                 &serde_json::to_value(&report).unwrap_or_default(),
             );
+            // The master follows: same PID, the new program (returns only on failure).
+            let e = super::reexec::exec(m, &binary);
+            tracing::error!(error = %format!("{e:#}"), "the master keeps running its old program");
         }
         Err(reason) => {
             report.result = "rolled-back".into();

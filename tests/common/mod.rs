@@ -201,6 +201,29 @@ impl Daemon {
         self.root.join(rel)
     }
 
+    /// The master's pid.
+    #[allow(dead_code)]
+    pub fn master_pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// The worker processes (the master's children that run berthd, not shims).
+    #[allow(dead_code)]
+    pub fn worker_pids(&self) -> Vec<i32> {
+        let m = self.master_pid();
+        let children =
+            std::fs::read_to_string(format!("/proc/{m}/task/{m}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|p| {
+                std::fs::read_link(format!("/proc/{p}/exe"))
+                    .map(|e| !e.to_string_lossy().contains("berth-shim"))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
     /// A docker CLI command (alias of [`Daemon::cmd`]).
     pub fn docker_cmd(&self, args: &[&str]) -> Command {
         self.cmd(args)
