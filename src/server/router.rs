@@ -2,7 +2,7 @@
 //! Docker's status codes and `{"message": ...}` bodies (the only place that does).
 
 use super::http::{Handler, Request, Response};
-use super::{containers, images, networks, system, Daemon};
+use super::{containers, events, images, networks, system, Daemon};
 use crate::error::ApiError;
 use std::sync::Arc;
 
@@ -63,7 +63,7 @@ impl Router {
             ("GET" | "HEAD", ["_ping"]) => Ok(system::ping(&req)),
             ("GET", ["version"]) => system::version(d),
             ("GET", ["info"]) => system::info(d),
-            ("GET", ["events"]) => system::events(d, &req),
+            ("GET", ["events"]) => events::events(d, &req),
             (_, ["images", _, ..]) => images::route(d, req).await,
             (_, ["containers", ..]) => {
                 let segs: Vec<String> = segs.iter().map(|s| s.to_string()).collect();
