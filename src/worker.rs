@@ -287,8 +287,14 @@ fn adopt_conn(router: &Arc<Router>, gate: &Arc<Gate>, fd: OwnedFd, msg: ConnMsg)
     let guard = gate.enter_conn();
     tokio::spawn(async move {
         match msg.resume {
-            // Not produced yet: event streams are wired in with the persistent journal.
-            Some(Resume::Events { .. }) => drop(stream),
+            Some(Resume::Events { query, after_seq }) => {
+                match crate::server::events::resumable_stream(router.daemon(), &query, after_seq) {
+                    Ok((rx, r)) => {
+                        http::continue_stream(stream, &*router, &gate, rx, r, guard).await
+                    }
+                    Err(e) => tracing::warn!(error = %e, "resume an events stream"),
+                }
+            }
             None => http::serve_conn(stream, &*router, &gate, msg.bytes(), guard).await,
         }
     });

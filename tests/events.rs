@@ -1,6 +1,7 @@
 //! `docker events` against a real berthd: dockerd 20.10's Type/Action/Actor attributes for
 //! container, exec and image actions, `--since`/`--until` replay, `--filter`, a live stream
-//! read while actions happen, a future `--until` that ends by itself, and an OOM kill.
+//! read while actions happen, a future `--until` that ends by itself, an OOM kill, and a
+//! replay of events from before a `kill -9` of the daemon.
 
 mod common;
 use common::{is_root, Daemon};
@@ -474,4 +475,46 @@ fn image_and_resize_events() {
             ("width", "100")
         ])
     );
+}
+
+#[test]
+fn events_from_before_a_crash_are_replayed_after_the_restart() {
+    if !is_root() {
+        return;
+    }
+    let mut d = Daemon::start();
+    let t0 = now_arg();
+    d.import_busybox("bb:test");
+    d.ok(&["tag", "bb:test", "before:1"]);
+    let id = d.ok(&["create", "--name", "pre", "bb:test", "true"]);
+    let before = replay(&d, &t0, &[]);
+    let acts: Vec<&str> = before.iter().map(action).collect();
+    assert_eq!(acts, ["tag", "import", "tag", "create"]);
+    assert_eq!(before[3]["Actor"]["ID"], id.as_str());
+
+    d.kill9();
+    d.spawn();
+    assert!(
+        d.root.join("x/events/events.log").is_file(),
+        "the journal lives in the exec root"
+    );
+    // The same events, field for field, in the same order (the restart may add its own).
+    let after = replay(&d, &t0, &[]);
+    assert!(after.len() >= before.len(), "{after:?}");
+    assert_eq!(after[..before.len()], before[..]);
+    // New events follow them, once each.
+    d.ok(&["tag", "bb:test", "after:1"]);
+    let all = replay(&d, &t0, &[]);
+    assert_eq!(all[..after.len()], after[..]);
+    assert_eq!(all.len(), after.len() + 1, "{all:?}");
+    let last = all.last().expect("an event");
+    assert_eq!(
+        (action(last), attrs(last)["name"].as_str()),
+        ("tag", "after:1")
+    );
+    let nanos: Vec<i64> = all.iter().filter_map(|e| e["timeNano"].as_i64()).collect();
+    assert!(nanos.windows(2).all(|w| w[0] <= w[1]), "{nanos:?}");
+    // Filters apply to the replayed events as to any other.
+    let created = replay(&d, &t0, &["container=pre"]);
+    assert_eq!(created.iter().map(action).collect::<Vec<_>>(), ["create"]);
 }

@@ -150,3 +150,54 @@ fn a_long_load_is_finished_by_the_old_generation() {
         "the loaded image is known to the new generation"
     );
 }
+
+#[test]
+fn an_events_stream_continues_across_upgrades_with_no_loss_or_repeat() {
+    let Some(d) = daemon_with_image() else { return };
+    let out_path = d.path("events.out");
+    // `--since` a moment ago: the stream replays what happened before the CLI connected.
+    let since = (chrono_now_secs() - 1).to_string();
+    let mut events = d
+        .cmd(&[
+            "events",
+            "--since",
+            &since,
+            "--filter",
+            "type=container",
+            "--filter",
+            "event=create",
+            "--format",
+            "{{.Actor.Attributes.name}}",
+        ])
+        .stdout(std::fs::File::create(&out_path).expect("events file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker events");
+    let seen = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    // The stream is established once a first event arrives.
+    d.ok(&["create", "--name", "ev-first", "bb:test", "true"]);
+    common::until("the events stream", || seen().contains("ev-first"));
+    let mut want = vec!["ev-first".to_string()];
+    for round in 0..3 {
+        for i in 0..3 {
+            let name = format!("ev-{round}-{i}");
+            d.ok(&["create", "--name", &name, "bb:test", "true"]);
+            want.push(name);
+        }
+        upgrade_ok(&d);
+    }
+    d.ok(&["create", "--name", "ev-last", "bb:test", "true"]);
+    want.push("ev-last".into());
+    common::until("the last event", || seen().contains("ev-last"));
+    let _ = events.kill();
+    let _ = events.wait();
+    let got: Vec<String> = seen().lines().map(str::to_string).collect();
+    assert_eq!(got, want, "events lost, repeated or out of order");
+}
+
+fn chrono_now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

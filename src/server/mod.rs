@@ -1,6 +1,7 @@
 //! The API server: the daemon's shared state, the accept loops and the router.
 
 pub mod containers;
+pub mod events;
 pub mod http;
 pub mod images;
 pub mod networks;
@@ -89,7 +90,7 @@ impl Daemon {
             }
         };
         let t_store = t0.elapsed();
-        let events = Arc::new(EventBus::new());
+        let events = Arc::new(EventBus::open(&config.exec_root.join("events")));
         let images = Arc::new(
             ImageStore::open(&config.data_root.join("image"), &store, events.clone())
                 .context("open image store")?,

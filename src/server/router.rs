@@ -2,7 +2,7 @@
 //! Docker's status codes and `{"message": ...}` bodies (the only place that does).
 
 use super::http::{Handler, Request, Response};
-use super::{containers, images, networks, system, Daemon};
+use super::{containers, events, images, networks, system, Daemon};
 use crate::error::ApiError;
 use std::sync::Arc;
 
@@ -53,6 +53,11 @@ impl Router {
         Router { d }
     }
 
+    /// The daemon behind the router.
+    pub fn daemon(&self) -> &Arc<Daemon> {
+        &self.d
+    }
+
     async fn route(&self, req: Request) -> Result<Response, ApiError> {
         if let Some(v) = &req.api_version {
             check_version(v)?;
@@ -63,7 +68,7 @@ impl Router {
             ("GET" | "HEAD", ["_ping"]) => Ok(system::ping(&req)),
             ("GET", ["version"]) => system::version(d),
             ("GET", ["info"]) => system::info(d),
-            ("GET", ["events"]) => system::events(d, &req),
+            ("GET", ["events"]) => events::events(d, &req),
             ("POST", ["berth", "upgrade"]) => super::upgrade::upgrade(d, &req),
             (_, ["images", _, ..]) => images::route(d, req).await,
             (_, ["containers", ..]) => {

@@ -1,9 +1,9 @@
-//! System endpoints: `_ping`, `/version`, `/info`, `/events`.
+//! System endpoints: `_ping`, `/version`, `/info`, and the time and filter arguments
+//! shared by the listing endpoints.
 
 use super::http::{Request, Response};
 use super::Daemon;
 use crate::error::{ApiError, ApiResult};
-use crate::events::EventFilter;
 use serde_json::json;
 
 /// `HEAD|GET /_ping`.
@@ -211,92 +211,6 @@ pub fn parse_filters(
         out.insert(k.clone(), list);
     }
     Ok(out)
-}
-
-/// `GET /events`: replays history in the window, then streams live events until `until`.
-pub fn events(d: &Daemon, req: &Request) -> ApiResult<Response> {
-    let since = req
-        .q("since")
-        .filter(|s| !s.is_empty())
-        .map(parse_time_arg)
-        .transpose()?;
-    let until = req
-        .q("until")
-        .filter(|s| !s.is_empty())
-        .map(parse_time_arg)
-        .transpose()?;
-    let filter = EventFilter {
-        filters: parse_filters(req.q("filters"))?,
-    };
-    if let Some(bad) = filter
-        .filters
-        .keys()
-        .find(|k| !crate::events::FILTER_KEYS.contains(&k.as_str()))
-    {
-        return Err(ApiError::BadRequest(format!("Invalid filter '{bad}'")));
-    }
-    let (past, mut rx) = d.events.subscribe();
-    let (tx, out) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-    tokio::spawn(async move {
-        let mut last_seen = 0i64;
-        let encode = |ev: &crate::events::Event| {
-            let mut v = serde_json::to_vec(ev).unwrap_or_default();
-            v.push(b'\n');
-            v
-        };
-        for ev in &past {
-            last_seen = last_seen.max(ev.time_nano);
-            if since.is_none_or(|s| ev.time_nano >= s)
-                && until.is_none_or(|u| ev.time_nano <= u)
-                && (since.is_some() || until.is_some())
-                && filter.matches(ev)
-                && tx.send(encode(ev)).await.is_err()
-            {
-                return;
-            }
-        }
-        if until.is_some_and(|u| u <= now) {
-            return;
-        }
-        // Keep the headers flowing even when nothing happens: send them now.
-        if tx.send(Vec::new()).await.is_err() {
-            return;
-        }
-        let deadline = until.map(|u| std::time::Duration::from_nanos((u - now).max(0) as u64));
-        let sleep = async {
-            match deadline {
-                Some(dl) => tokio::time::sleep(dl).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => return,
-                _ = tx.closed() => return,
-                ev = rx.recv() => match ev {
-                    Ok(ev) => {
-                        if ev.time_nano <= last_seen { continue; }
-                        if filter.matches(&ev) && tx.send(encode(&ev)).await.is_err() { return; }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return,
-                }
-            }
-        }
-    });
-    Ok(Response::Stream {
-        status: 200,
-        content_type: "application/json",
-        headers: vec![],
-        rx: out,
-        resumable: Some(super::http::Resumable {
-            query: String::new(),
-            seqs: Default::default(),
-            after: None,
-        }),
-    })
 }
 
 #[cfg(test)]

@@ -209,7 +209,9 @@ pub struct WriterFigures {
 /// Stops the writer, waits for it, and checks its log: 1..n exactly once each, in order,
 /// then the summary line. `down` is the (kill, restart) wall-clock window.
 pub fn finish_writer(d: &Daemon, name: &str, down: (i64, i64)) -> WriterFigures {
-    d.ok(&["exec", name, "touch", "/tmp/stop"]);
+    // Detached: the writer exits as soon as the file exists, and the end of its PID
+    // namespace kills an exec that has not exited yet (137).
+    d.ok(&["exec", "-d", name, "touch", "/tmp/stop"]);
     assert_eq!(d.ok(&["wait", name]), "0");
     let log = d.ok(&["logs", "-t", name]);
     let mut lines: Vec<&str> = log.lines().collect();

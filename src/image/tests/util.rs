@@ -216,8 +216,8 @@ impl TestStore {
     /// Actions of the image events so far.
     pub fn actions(&self) -> Vec<String> {
         self.events
-            .subscribe()
-            .0
+            .subscribe_after(None)
+            .past
             .into_iter()
             .map(|e| e.action)
             .collect()

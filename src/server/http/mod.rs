@@ -377,7 +377,7 @@ pub async fn serve_conn<H: Handler + ?Sized>(
                 status,
                 content_type,
                 headers,
-                mut rx,
+                rx,
                 resumable,
             } => {
                 let mut head = format!(
@@ -393,43 +393,18 @@ pub async fn serve_conn<H: Handler + ?Sized>(
                     return;
                 }
                 let _ = stream.flush().await;
-                // A resumable stream does not hold up a freeze: it is handed over with its
-                // cursor. Any other stream (a load's progress) is finished here first.
-                let mut last = resumable.as_ref().and_then(|r| r.after);
-                let _admitted = if resumable.is_some() {
+                let admitted = if resumable.is_some() {
+                    // A resumable stream does not hold up a freeze: it is handed over with
+                    // its cursor. Any other stream (a load's progress) is finished here.
                     drop(admitted);
                     None
                 } else {
                     Some(admitted)
                 };
-                loop {
-                    let data = tokio::select! {
-                        d = rx.recv() => d,
-                        _ = phase.wait_for(|p| *p == Phase::Frozen), if resumable.is_some() => {
-                            let Some(r) = resumable else { return };
-                            let resume = crate::ctl::Resume::Events {
-                                query: r.query,
-                                after_seq: last,
-                            };
-                            drop(rx);
-                            let _ = gate.hand_off(stream, Vec::new(), Some(resume));
-                            return;
-                        }
-                    };
-                    let Some(data) = data else { break };
-                    if let Some(r) = &resumable {
-                        let seq = r.seqs.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                        if seq.is_some() {
-                            last = seq;
-                        }
-                    }
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if stream.write_all(&chunk(&data)).await.is_err() {
-                        return;
-                    }
-                }
+                let Some(s) = pump(stream, gate, rx, resumable, admitted).await else {
+                    return;
+                };
+                stream = s;
                 if stream.write_all(LAST_CHUNK).await.is_err() || !keep_alive {
                     return;
                 }
@@ -466,6 +441,69 @@ pub async fn serve_conn<H: Handler + ?Sized>(
             }
         }
     }
+}
+
+/// Writes a response stream's chunks until its producer ends (the stream is returned, the
+/// terminating chunk not yet written), the client goes away, or, for a resumable stream,
+/// the generation freezes: then the connection is handed over with its cursor.
+async fn pump(
+    mut stream: UnixStream,
+    gate: &Arc<Gate>,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    resumable: Option<Resumable>,
+    _admitted: Option<gate::Admitted>,
+) -> Option<UnixStream> {
+    let mut phase = gate.watch();
+    let mut last = resumable.as_ref().and_then(|r| r.after);
+    loop {
+        let data = tokio::select! {
+            d = rx.recv() => d,
+            _ = phase.wait_for(|p| *p == Phase::Frozen), if resumable.is_some() => {
+                let r = resumable?;
+                let resume = crate::ctl::Resume::Events {
+                    query: r.query,
+                    after_seq: last,
+                };
+                drop(rx);
+                let _ = gate.hand_off(stream, Vec::new(), Some(resume));
+                return None;
+            }
+        };
+        let Some(data) = data else {
+            return Some(stream);
+        };
+        if let Some(r) = &resumable {
+            let seq = r.seqs.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            if seq.is_some() {
+                last = seq;
+            }
+        }
+        if data.is_empty() {
+            continue;
+        }
+        if stream.write_all(&chunk(&data)).await.is_err() {
+            return None;
+        }
+    }
+}
+
+/// Continues a response stream handed over by the previous generation (its head was
+/// written there), then serves the connection on.
+pub async fn continue_stream<H: Handler + ?Sized>(
+    stream: UnixStream,
+    handler: &H,
+    gate: &Arc<Gate>,
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    resumable: Resumable,
+    guard: gate::ConnGuard,
+) {
+    let Some(mut stream) = pump(stream, gate, rx, Some(resumable), None).await else {
+        return;
+    };
+    if stream.write_all(LAST_CHUNK).await.is_err() {
+        return;
+    }
+    serve_conn(stream, handler, gate, Vec::new(), guard).await
 }
 
 /// The parts of a complete response.

@@ -1,121 +1,8 @@
-//! The event bus behind `GET /events`: a bounded history for `since`/`until` replay plus a
-//! broadcast channel for live subscribers. Events carry dockerd's legacy fields
-//! (`status`, `id`, `from`) beside `Type`/`Action`/`Actor`.
+//! Event filters as `GET /events` takes them (`type`, `event`, `container`, `image`,
+//! `label`, …), matched the way dockerd matches them.
 
-use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
-use tokio::sync::broadcast;
-
-/// How many past events are kept for replay (dockerd keeps 256; we keep more).
-const HISTORY: usize = 4096;
-
-/// One event, serialized exactly as dockerd does.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Event {
-    /// Legacy: the action, for containers and images.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    /// Legacy: the actor id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Legacy: the container's image.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    /// `container`, `image`, `network`, `volume`, `daemon`.
-    #[serde(rename = "Type")]
-    pub typ: String,
-    /// `create`, `start`, `die`, …
-    #[serde(rename = "Action")]
-    pub action: String,
-    /// The object and its attributes.
-    #[serde(rename = "Actor")]
-    pub actor: Actor,
-    /// Always `local`.
-    pub scope: String,
-    /// Unix seconds.
-    pub time: i64,
-    /// Unix nanoseconds.
-    #[serde(rename = "timeNano")]
-    pub time_nano: i64,
-}
-
-/// The object an event is about.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Actor {
-    /// Object id.
-    #[serde(rename = "ID")]
-    pub id: String,
-    /// Attributes (name, image, exitCode, signal, labels…), sorted.
-    #[serde(rename = "Attributes")]
-    pub attributes: BTreeMap<String, String>,
-}
-
-/// Publishes events and serves replay and subscriptions.
-pub struct EventBus {
-    history: Mutex<VecDeque<Event>>,
-    tx: broadcast::Sender<Event>,
-}
-
-impl Default for EventBus {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl EventBus {
-    /// An empty bus.
-    pub fn new() -> Self {
-        let (tx, _) = broadcast::channel(1024);
-        EventBus {
-            history: Mutex::new(VecDeque::new()),
-            tx,
-        }
-    }
-
-    /// Publishes one event now.
-    pub fn publish(&self, typ: &str, action: &str, id: &str, attributes: BTreeMap<String, String>) {
-        let now = chrono::Utc::now();
-        let time_nano = now.timestamp_nanos_opt().unwrap_or(0);
-        let legacy = typ == "container" || typ == "image";
-        let ev = Event {
-            status: legacy.then(|| action.to_string()),
-            id: legacy.then(|| id.to_string()),
-            from: if typ == "container" {
-                attributes.get("image").cloned()
-            } else {
-                None
-            },
-            typ: typ.to_string(),
-            action: action.to_string(),
-            actor: Actor {
-                id: id.to_string(),
-                attributes,
-            },
-            scope: "local".into(),
-            time: time_nano / 1_000_000_000,
-            time_nano,
-        };
-        if let Ok(mut h) = self.history.lock() {
-            if h.len() >= HISTORY {
-                h.pop_front();
-            }
-            h.push_back(ev.clone());
-        }
-        let _ = self.tx.send(ev);
-    }
-
-    /// Subscribes first, then copies the history, so no event falls between the two.
-    pub fn subscribe(&self) -> (Vec<Event>, broadcast::Receiver<Event>) {
-        let rx = self.tx.subscribe();
-        let past = self
-            .history
-            .lock()
-            .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default();
-        (past, rx)
-    }
-}
+use super::Event;
+use std::collections::HashMap;
 
 /// Event filters as the CLI sends them (`type`, `event`, `container`, `image`, `label`, …).
 #[derive(Debug, Clone, Default)]
@@ -201,6 +88,8 @@ fn strip_tag(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventBus;
+    use std::collections::BTreeMap;
 
     #[test]
     fn events_have_legacy_fields_and_filters_work() {
@@ -211,7 +100,7 @@ mod tests {
         attrs.insert("exitCode".to_string(), "3".to_string());
         bus.publish("container", "die", "abc123", attrs);
         bus.publish("image", "tag", "sha256:1", BTreeMap::new());
-        let (past, _rx) = bus.subscribe();
+        let past = bus.subscribe_after(None).past;
         assert_eq!(past.len(), 2);
         let json = serde_json::to_value(&past[0]).expect("json");
         assert_eq!(json["status"], "die");
@@ -235,7 +124,7 @@ mod tests {
         let mut img = BTreeMap::new();
         img.insert("name".to_string(), "bb:test".to_string());
         bus.publish("image", "tag", "sha256:1", img);
-        let (past, _rx) = bus.subscribe();
+        let past = bus.subscribe_after(None).past;
         let check = |key: &str, val: &str| {
             let mut f = EventFilter::default();
             f.filters.insert(key.into(), vec![val.into()]);
