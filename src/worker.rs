@@ -126,7 +126,10 @@ async fn serve(
                     clean = c;
                     break;
                 }
-                Ok(Some((ToWorker::Freeze, _))) => fault("freeze"),
+                Ok(Some((ToWorker::Freeze, _))) => {
+                    fault("freeze");
+                    let _ = out.send((ToMaster::Warm, None));
+                }
                 Ok(Some((other, _))) => anyhow::bail!("expected TakeOver, got {other:?}"),
                 Ok(None) => anyhow::bail!("the master went away before the take-over"),
                 Err(e) => return Err(e).context("read the master's take-over"),

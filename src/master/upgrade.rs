@@ -173,6 +173,9 @@ async fn attempt(
     send(m, new, ToWorker::Freeze).await;
     let deadline = Instant::now() + QUIESCE_TIMEOUT;
     let mut old_alive = true;
+    // The successor answers the freeze notice with `Warm`: proof that it is alive and
+    // responsive right before the point of no return.
+    let mut successor_ready = false;
     loop {
         match m.next_event(deadline).await {
             None => {
@@ -181,6 +184,7 @@ async fn attempt(
                 m.flush_pending(old).await;
                 return Err("in-flight requests did not finish in time for the freeze".into());
             }
+            Some(Event::Msg(pid, ToMaster::Warm, _)) if pid == new => successor_ready = true,
             Some(Event::Msg(pid, ToMaster::Conn(c), fds)) if pid == old => {
                 if let Some(fd) = fds.into_iter().next() {
                     m.pending.push_back((c, fd));
@@ -216,8 +220,32 @@ async fn attempt(
             }
         }
     }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while old_alive && !successor_ready {
+        match m.next_event(deadline).await {
+            Some(Event::Msg(pid, ToMaster::Warm, _)) if pid == new => successor_ready = true,
+            Some(Event::Exited(pid, _)) if pid == new => {
+                m.workers.remove(&new);
+                break;
+            }
+            Some(Event::Msg(pid, ToMaster::Conn(c), fds)) if pid == old => {
+                if let Some(fd) = fds.into_iter().next() {
+                    m.pending.push_back((c, fd));
+                }
+            }
+            Some(ev) => {
+                if let Some(e) = other(m, ev, new, old).await {
+                    return Err(format!("{e} during the freeze"));
+                }
+            }
+            None => {
+                kill(new);
+                break;
+            }
+        }
+    }
     let t_frozen = Instant::now();
-    if old_alive && has_exited(new) {
+    if old_alive && (!successor_ready || has_exited(new)) {
         // The successor died while the old generation froze (its exit may not have been
         // reaped yet): the old generation resumes.
         send(m, old, ToWorker::Resume).await;
