@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod monitor;
 pub mod orphan;
 pub mod pending;
+pub mod reaped;
 pub mod record;
 pub mod rootfs;
 pub mod spawn;

@@ -61,8 +61,9 @@ impl Containers {
         self.shim_lost(&id).await;
     }
 
-    /// The shim closed without an exit being handled: use its exit file, or record the
-    /// loss explicitly (never a made-up code).
+    /// The shim closed without an exit being handled: use its exit file; else watch the
+    /// container if it still runs, or take its status from the master's reaped record, or
+    /// record the loss explicitly (never a made-up code).
     async fn shim_lost(self: &Arc<Self>, id: &str) {
         let Ok(rec) = self.lookup(id) else { return };
         if !rec.state.status.is_live() && rec.state.status != Status::Restarting {
@@ -77,7 +78,7 @@ impl Containers {
         }
         let pid = rec.state.pid;
         if !self.adopt_orphan(id, pid) {
-            self.unknown_exit(id, pid).await;
+            self.orphan_exited(id, pid).await;
         }
     }
 

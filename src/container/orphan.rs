@@ -1,23 +1,29 @@
 //! Containers whose shim died while they run (the shim was killed): the container keeps
-//! running, unmonitored. Only a process's parent can learn its exit status, and the
-//! container's init was re-parented away from us, so the daemon holds a pidfd of the init
-//! to notice the exit (recorded as exit status unknown, code 255 as dockerd reports a lost
-//! task, with `State.Error` saying so) and to signal it for stop, kill and remove.
-//! Output written after the shim died is not logged.
+//! running, unmonitored. Its init is re-parented to the master (the child subreaper of
+//! every shim), which reaps it and records the exact exit status
+//! ([`super::reaped`]). The worker holds a pidfd of the init to notice the exit and to
+//! signal it for stop, kill and remove; on the exit it records the master's status and
+//! time. Only when no record comes (the master was killed too, so another process reaped
+//! the init) is the exit recorded as status unknown: code 255, as dockerd reports a lost
+//! task, with `State.Error` saying so. Output written after the shim died is not logged.
 
 use super::pending::answer_wait;
+use super::reaped::{exit_code, wait_budget, wait_reaped};
 use super::record::Status;
 use super::{now_ns, Containers};
 use crate::error::{ApiError, ApiResult};
+use crate::master::reap::{forget_reaped, Reaped};
 use berth_api::shim::{ExitRecord, ShimRequest, WaitCondition};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 /// `State.Error` of a container that runs without its shim.
-pub const UNMONITORED: &str = "the container's shim exited while the container runs: its output is no longer logged and its exit status cannot be known";
+pub const UNMONITORED: &str =
+    "the container's shim exited while the container runs: its output is no longer logged";
 
-/// `State.Error` after such a container exited (or was found gone).
+/// `State.Error` after such a container exited (or was found gone) and nobody recorded
+/// its status.
 pub const EXIT_UNKNOWN: &str =
     "the container's shim exited before the container: exit status unknown";
 
@@ -130,26 +136,74 @@ impl Containers {
                     return;
                 }
             }
+            // The master's record is awaited before this generation's permission: a
+            // generation handing over meanwhile leaves the record to the next one.
+            let reaped = me.reaped_exit(&id, pid).await;
             let _bg = me.background().await;
             me.orphans.remove(&id);
-            me.unknown_exit(&id, pid).await;
+            me.record_orphan_exit(&id, pid, reaped).await;
         });
         true
     }
 
-    /// Records an exit whose status is unknown, then applies the usual follow-ups.
-    pub(crate) async fn unknown_exit(self: &Arc<Self>, id: &str, pid: i32) {
-        let x = ExitRecord {
-            code: UNKNOWN_CODE,
-            signal: None,
-            oom_killed: false,
-            finished_at_ns: now_ns(),
-            pid,
+    /// Records the exit of a running container whose shim is gone and whose init is not
+    /// running any more: the master's record of it when there is one, else status unknown.
+    pub(crate) async fn orphan_exited(self: &Arc<Self>, id: &str, pid: i32) {
+        let reaped = self.reaped_exit(id, pid).await;
+        self.record_orphan_exit(id, pid, reaped).await;
+    }
+
+    /// The master's record of the container's exited init, written since the container
+    /// started, waited for as long as one may still come.
+    async fn reaped_exit(&self, id: &str, pid: i32) -> Option<Reaped> {
+        if pid <= 0 {
+            return None;
+        }
+        let since = self.lookup(id).ok()?.state.started_at_ns;
+        let budget = wait_budget(pid);
+        wait_reaped(&self.paths.exec_root, pid, since, budget).await
+    }
+
+    /// Records the exit (the reaped status and time, or unknown), answers the waits queued
+    /// here and applies the usual follow-ups. The master's record goes only once the exit
+    /// is stored, so a worker killed in between finds it again.
+    async fn record_orphan_exit(self: &Arc<Self>, id: &str, pid: i32, reaped: Option<Reaped>) {
+        // Recorded meanwhile (a removal, or another generation), perhaps restarted since.
+        match self.lookup(id) {
+            Ok(r) if r.state.status.is_live() && r.state.pid == pid => {}
+            _ => return,
+        }
+        let (x, error) = match &reaped {
+            Some(r) => {
+                let x = ExitRecord {
+                    code: exit_code(r),
+                    signal: r.signal,
+                    oom_killed: false,
+                    finished_at_ns: r.time_ns,
+                    pid,
+                };
+                tracing::info!(%id, pid, code = x.code, "exit of a container without shim, as the master reaped it");
+                (x, "")
+            }
+            None => {
+                let x = ExitRecord {
+                    code: UNKNOWN_CODE,
+                    signal: None,
+                    oom_killed: false,
+                    finished_at_ns: now_ns(),
+                    pid,
+                };
+                tracing::warn!(%id, pid, "a container without shim exited and nobody recorded its status");
+                (x, EXIT_UNKNOWN)
+            }
         };
-        let _ = self.update(id, |r| r.state.error = EXIT_UNKNOWN.into());
+        let _ = self.update(id, |r| r.state.error = error.into());
         self.handle_exit(id, &x).await;
         for fd in self.pending.take_waits(id, |c| c != WaitCondition::Removed) {
-            answer_wait(fd, UNKNOWN_CODE, None);
+            answer_wait(fd, x.code, None);
+        }
+        if reaped.is_some() {
+            forget_reaped(&self.paths.exec_root, pid);
         }
     }
 
