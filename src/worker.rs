@@ -219,6 +219,7 @@ async fn serve(
                 // The master is gone (or SIGTERM): finish what was admitted, then leave
                 // so that the next master's worker can open the store.
                 tracing::warn!("master gone or SIGTERM: worker draining");
+                gate.orphan();
                 gate.set_phase(Phase::Frozen);
                 // Close this process's copies of the listeners at once: the socket stays
                 // open where systemd (or the next master) holds it.

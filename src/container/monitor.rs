@@ -5,8 +5,13 @@ use super::lifecycle::read_exit_file;
 use super::record::Status;
 use super::{now_ns, Containers};
 use berth_api::shim::{ExitRecord, ShimEvent, ShimRequest, ShimResponse, ShimState, ShimStatus};
+use futures::StreamExt;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Shims asked at the same time while restoring.
+const PROBE_CONCURRENCY: usize = 32;
 
 impl Containers {
     /// Follows a shim's events until its container's exit is handled.
@@ -140,6 +145,7 @@ impl Containers {
     /// died at any point of a start, an exit or a restart: whatever the store says, a shim
     /// still on the container's control socket tells what really happened.
     pub async fn restore(self: &Arc<Self>, clean_takeover: bool) {
+        let t0 = std::time::Instant::now();
         let all = self.all();
         let ids: Vec<String> = all.iter().map(|r| r.id.clone()).collect();
         if !clean_takeover {
@@ -147,13 +153,30 @@ impl Containers {
                 tracing::warn!(error = %e, "network reconcile");
             }
         }
+        let t_net = t0.elapsed();
+        // Ask every shim at once, before any monitor subscribes: one by one (and queued
+        // behind the monitors' subscriptions), a respawned worker with many containers
+        // would wait for each round trip before it serves.
+        let to_probe = all
+            .iter()
+            .filter(|r| match r.state.status {
+                Status::Running | Status::Paused => !clean_takeover,
+                Status::Removing => false,
+                _ => true,
+            })
+            .map(|r| r.id.clone());
+        let mut probed = self.probe_shims(to_probe).await;
+        let t_probed = t0.elapsed();
+        // Monitors and interrupted removals start after the loop, so that the few shim
+        // calls in it do not queue behind their work.
+        let (mut follow, mut removals) = (Vec::new(), Vec::new());
         for rec in all {
             let id = rec.id.clone();
             match rec.state.status {
                 // The previous generation handed over with every shim alive: subscribe at
                 // once (a shim that is gone is found by the monitor's subscription).
-                Status::Running | Status::Paused if clean_takeover => self.spawn_monitor(id),
-                Status::Running | Status::Paused => match self.probe_shim(&id).await {
+                Status::Running | Status::Paused if clean_takeover => follow.push(id),
+                Status::Running | Status::Paused => match probed.remove(&id).flatten() {
                     Some(ShimState {
                         exit: Some(x),
                         status: ShimStatus::Exited,
@@ -171,18 +194,16 @@ impl Containers {
                     }
                     Some(st) => {
                         tracing::info!(%id, pid = st.pid, "re-adopted shim");
-                        self.spawn_monitor(id);
+                        follow.push(id);
                     }
                     None => self.shim_lost(&id).await,
                 },
-                Status::Removing => {
-                    let _g = self.lock(&id).await;
-                    if let Err(e) = self.remove_locked(&id, true).await {
-                        tracing::warn!(%id, error = %e, "finishing interrupted removal");
-                    }
-                }
+                // Finished in the background: the API answers meanwhile (the container
+                // shows as `removing`, its lock held by the removal).
+                Status::Removing => removals.push(id),
                 status => {
-                    if self.restore_stray_shim(&id, status).await {
+                    let st = probed.remove(&id).flatten();
+                    if self.restore_stray_shim(&id, status, st).await {
                         continue;
                     }
                     if status == Status::Restarting {
@@ -191,6 +212,34 @@ impl Containers {
                 }
             }
         }
+        for id in follow {
+            self.spawn_monitor(id);
+        }
+        for id in removals {
+            self.spawn_remove(&id, "finishing interrupted removal");
+        }
+        tracing::debug!(
+            containers = ids.len(),
+            net = ?t_net,
+            probes = ?(t_probed - t_net),
+            rest = ?(t0.elapsed() - t_probed),
+            "restore phases"
+        );
+    }
+
+    /// [`Self::probe_shim`] of each of `ids`, [`PROBE_CONCURRENCY`] at a time.
+    async fn probe_shims(
+        &self,
+        ids: impl Iterator<Item = String>,
+    ) -> HashMap<String, Option<ShimState>> {
+        futures::stream::iter(ids)
+            .map(|id| async move {
+                let st = self.probe_shim(&id).await;
+                (id, st)
+            })
+            .buffer_unordered(PROBE_CONCURRENCY)
+            .collect()
+            .await
     }
 
     /// The shim's state, when one answers on the container's control socket.
@@ -208,9 +257,15 @@ impl Containers {
     /// A shim on the socket of a container the store says is not running: the daemon died
     /// after a start took effect (adopt the run), before an exit was acknowledged (take
     /// it again: its follow-ups run if they had not), or before a created container was
-    /// started (discard it). Returns whether the container was adopted as running.
-    async fn restore_stray_shim(self: &Arc<Self>, id: &str, status: Status) -> bool {
-        let Some(st) = self.probe_shim(id).await else {
+    /// started (discard it). `probed` is what the shim answered, if one did. Returns
+    /// whether the container was adopted as running.
+    async fn restore_stray_shim(
+        self: &Arc<Self>,
+        id: &str,
+        status: Status,
+        probed: Option<ShimState>,
+    ) -> bool {
+        let Some(st) = probed else {
             return false;
         };
         match st.status {

@@ -48,7 +48,15 @@ pub struct Worker {
     pub store_format: Option<u32>,
     /// Shim protocol range it reported.
     pub shim_protocol: Option<(u32, u32)>,
+    /// When it reported serving.
+    pub serving_since: Option<Instant>,
 }
+
+/// Back-off before respawning a worker that died young, doubling up to the maximum.
+const RESPAWN_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A worker that served this long is respawned at once when it dies.
+const RESPAWN_STABLE: Duration = Duration::from_secs(1);
 
 /// The master's state.
 pub struct Master {
@@ -169,7 +177,7 @@ fn instance_lock(config: &Config) -> anyhow::Result<std::fs::File> {
 impl Master {
     async fn run(&mut self) -> anyhow::Result<()> {
         self.spawn_signal_tasks()?;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = RESPAWN_BACKOFF_MIN;
         loop {
             let Some(ev) = self.events.recv().await else {
                 return Ok(());
@@ -194,21 +202,27 @@ impl Master {
                 Event::Msg(pid, msg, fds) => self.on_msg(pid, msg, fds).await,
                 Event::Exited(pid, status) => {
                     let was_active = self.active == Some(pid);
-                    self.workers.remove(&pid);
+                    let served = self.workers.remove(&pid).and_then(|w| w.serving_since);
                     if was_active {
-                        tracing::error!(pid, %status, "worker died; starting a new one");
+                        // A worker that had served a while died of something rare: its
+                        // clients wait in the listen backlog, start the next one at once.
+                        // One that died young is likely to die again: back off, doubling.
+                        let stable = served.is_some_and(|t| t.elapsed() >= RESPAWN_STABLE);
+                        let delay = if stable { Duration::ZERO } else { backoff };
+                        backoff = if stable {
+                            RESPAWN_BACKOFF_MIN
+                        } else {
+                            (backoff * 2).min(RESPAWN_BACKOFF_MAX)
+                        };
+                        tracing::error!(pid, %status, ?delay, "worker died; starting a new one");
                         self.active = None;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        tokio::time::sleep(delay).await;
                         if let Err(e) = self.start_worker(self.binary.clone(), Role::Worker, None) {
                             tracing::error!(error = %e, "respawn worker");
                         }
                     }
                 }
                 Event::Closed(_) => {}
-            }
-            if self.notified_ready {
-                backoff = Duration::from_millis(50);
             }
         }
     }
@@ -230,6 +244,7 @@ impl Master {
             }
             ToMaster::Serving { startup_ms } => {
                 tracing::info!(pid, startup_ms, "worker serving");
+                self.mark_serving(pid);
                 if self.active == Some(pid) {
                     self.flush_pending(pid).await;
                     if !self.notified_ready {
@@ -252,6 +267,13 @@ impl Master {
                 }
             }
             ToMaster::Upgrade(_) | ToMaster::Warm | ToMaster::Frozen { .. } => {}
+        }
+    }
+
+    /// Notes that worker `pid` serves (see [`RESPAWN_STABLE`]).
+    pub(crate) fn mark_serving(&mut self, pid: i32) {
+        if let Some(w) = self.workers.get_mut(&pid) {
+            w.serving_since = Some(Instant::now());
         }
     }
 
@@ -295,6 +317,7 @@ impl Master {
                 ctl: ctl.clone(),
                 store_format: None,
                 shim_protocol: None,
+                serving_since: None,
             },
         );
         if role == Role::Worker {

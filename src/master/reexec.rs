@@ -165,6 +165,8 @@ impl MasterState {
                     ctl: ctl.clone(),
                     store_format: w.store_format,
                     shim_protocol: w.shim_protocol,
+                    // Re-executed masters only follow workers that served already.
+                    serving_since: Some(std::time::Instant::now()),
                 },
             );
             super::set_worker_pid(w.pid, true);

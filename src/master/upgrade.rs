@@ -305,6 +305,7 @@ async fn attempt(
                     takeover_ms = ms(t_old_gone),
                     "cut-over phases"
                 );
+                m.mark_serving(new);
                 m.flush_pending(new).await;
                 break;
             }
@@ -405,6 +406,7 @@ async fn rollback_cold(m: &mut Master, old_binary: PathBuf, reason: String) -> R
             while let Some(ev) = m.next_event(deadline).await {
                 match ev {
                     Event::Msg(p, ToMaster::Serving { .. }, _) if p == pid => {
+                        m.mark_serving(pid);
                         m.flush_pending(pid).await;
                         break;
                     }

@@ -5,6 +5,8 @@
 
 pub mod pty;
 
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,7 +34,22 @@ pub struct Daemon {
     /// `--bip`.
     pub bip: String,
     child: Option<Child>,
+    /// The API socket when the test holds it (a systemd stand-in), passed as fd 3.
+    listener: Option<OwnedFd>,
+    /// Extra environment of every berthd started.
+    env: Vec<(String, String)>,
     _tmp: tempfile::TempDir,
+}
+
+/// How a test daemon is started (see [`Daemon::start_with`]).
+#[derive(Debug, Default, Clone)]
+pub struct Launch {
+    /// Bind the API socket in the test with this listen backlog and pass it to every berthd
+    /// started as fd 3 with `LISTEN_PID`/`LISTEN_FDS` and `-H fd://`, the way systemd's
+    /// socket unit does: the socket outlives the daemon's processes.
+    pub socket_backlog: Option<i32>,
+    /// Extra environment (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 fn unique() -> (u32, u32) {
@@ -43,6 +60,21 @@ fn unique() -> (u32, u32) {
 impl Daemon {
     /// Starts a daemon with fresh roots.
     pub fn start() -> Daemon {
+        let mut d = Daemon::new(Launch::default());
+        d.spawn();
+        d
+    }
+
+    /// Starts a daemon with fresh roots, launched as `launch` says.
+    pub fn start_with(launch: Launch) -> Daemon {
+        let mut d = Daemon::new(launch);
+        d.spawn();
+        d
+    }
+
+    /// A daemon with fresh roots, not started yet ([`Daemon::spawn`] or
+    /// [`Daemon::spawn_unready`] start it).
+    pub fn new(launch: Launch) -> Daemon {
         let (p, n) = unique();
         // Short paths: the shim socket path must stay under 108 bytes.
         let tmp = tempfile::Builder::new()
@@ -59,9 +91,19 @@ impl Daemon {
             bip: format!("10.{}.{}.1/24", 100 + (p % 100), n % 250),
             root,
             child: None,
+            listener: None,
+            env: launch.env,
             _tmp: tmp,
         };
-        d.spawn();
+        if let Some(backlog) = launch.socket_backlog {
+            let l = std::os::unix::net::UnixListener::bind(&d.sock).expect("bind the API socket");
+            // listen(2) again sets the backlog (std binds with its own).
+            // SAFETY: listen on a socket this process owns.
+            #[allow(unsafe_code)]
+            let r = unsafe { libc::listen(l.as_raw_fd(), backlog) };
+            assert_eq!(r, 0, "listen: {}", std::io::Error::last_os_error());
+            d.listener = Some(OwnedFd::from(l));
+        }
         d
     }
 
@@ -79,9 +121,16 @@ impl Daemon {
             .append(true)
             .open(self.root.join("berthd.log"))
             .expect("daemon log");
-        let child = Command::new(env!("CARGO_BIN_EXE_berthd"))
-            .arg("-H")
-            .arg(format!("unix://{}", self.sock.display()))
+        let mut cmd = match &self.listener {
+            None => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_berthd"));
+                c.arg("-H").arg(format!("unix://{}", self.sock.display()));
+                c
+            }
+            Some(l) => systemd_activated(l.as_raw_fd()),
+        };
+        let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("--data-root")
             .arg(self.root.join("d"))
             .arg("--exec-root")
@@ -168,6 +217,38 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// The master's pid, while one started by this test runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// The master's live worker processes (its `berthd` children).
+    pub fn workers(&self) -> Vec<i32> {
+        let Some(master) = self.pid() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let tasks = std::fs::read_dir(format!("/proc/{master}/task"));
+        for t in tasks.into_iter().flatten().flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for pid in children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let zombie = stat
+                    .rfind(')')
+                    .and_then(|i| stat.get(i + 2..i + 3))
+                    .is_some_and(|s| s == "Z");
+                if comm.trim() == "berthd" && !zombie {
+                    out.push(pid);
+                }
+            }
+        }
+        out
+    }
+
     /// kill -9 of the daemon (containers and shims keep running).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -228,6 +309,33 @@ impl Daemon {
     pub fn docker_cmd(&self, args: &[&str]) -> Command {
         self.cmd(args)
     }
+}
+
+/// `sh -c 'LISTEN_PID=$$ LISTEN_FDS=1 exec berthd -H fd:// ...'` with `fd` as fd 3: `exec`
+/// keeps the shell's pid, so `LISTEN_PID` names the daemon, as systemd sets it.
+fn systemd_activated(fd: std::os::fd::RawFd) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_berthd"))
+        .args(["-H", "fd://"]);
+    // SAFETY: only fcntl/dup2 (async-signal-safe) between fork and exec.
+    #[allow(unsafe_code)]
+    unsafe {
+        c.pre_exec(move || {
+            // dup2 onto itself would keep FD_CLOEXEC: clear it explicitly then.
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
 }
 
 /// A daemon with the busybox image imported as `bb:test`; `None` (test skipped) when not root.
@@ -325,8 +433,11 @@ impl Drop for Daemon {
         // Remove every container (stops shims, releases netns/veths, unmounts).
         if self.child.is_some() {
             let ids = self.docker(&["ps", "-aq"]);
-            for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-                let _ = self.docker(&["rm", "-f", id]);
+            let ids = String::from_utf8_lossy(&ids.stdout).into_owned();
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.split_whitespace());
+            if args.len() > 2 {
+                let _ = self.docker(&args);
             }
         }
         self.kill9();

@@ -14,7 +14,7 @@
 
 use super::Request;
 use crate::ctl::Resume;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{watch, Notify};
 
@@ -44,6 +44,7 @@ pub struct Gate {
     conns: AtomicUsize,
     idle: Notify,
     handoff: OnceLock<HandOff>,
+    orphaned: AtomicBool,
 }
 
 /// Holds a request (or background mutation) in the counters until dropped.
@@ -96,6 +97,7 @@ impl Gate {
             conns: AtomicUsize::new(0),
             idle: Notify::new(),
             handoff: OnceLock::new(),
+            orphaned: AtomicBool::new(false),
         })
     }
 
@@ -119,8 +121,21 @@ impl Gate {
         self.phase.subscribe()
     }
 
+    /// The master is gone: nothing can be handed over any more. A draining generation
+    /// then answers the requests it reads itself, each on a connection that closes after
+    /// the response, and closes idle connections (their clients reconnect to the listen
+    /// backlog, which the next master's worker serves).
+    pub fn orphan(&self) {
+        self.orphaned.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Gate::orphan`] was called.
+    pub fn is_orphaned(&self) -> bool {
+        self.orphaned.load(Ordering::SeqCst)
+    }
+
     fn can_hand_off(&self) -> bool {
-        self.handoff.get().is_some()
+        self.handoff.get().is_some() && !self.is_orphaned()
     }
 
     /// Gives a connection away; returns it when there is nowhere to give it.
@@ -130,7 +145,7 @@ impl Gate {
         bytes: Vec<u8>,
         resume: Option<Resume>,
     ) -> Result<(), tokio::net::UnixStream> {
-        let Some(f) = self.handoff.get() else {
+        let Some(f) = self.handoff.get().filter(|_| !self.is_orphaned()) else {
             return Err(stream);
         };
         match stream.into_std() {
@@ -269,6 +284,16 @@ mod tests {
         gate.set_phase(Phase::Frozen);
         assert!(matches!(gate.admit(&req("GET")), Admission::Park(_)));
         assert!(gate.begin_internal().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_orphaned_gate_parks_nothing() {
+        let gate = Gate::new();
+        gate.set_handoff(Arc::new(|_, _, _| {}));
+        gate.set_phase(Phase::Frozen);
+        assert!(matches!(gate.admit(&req("GET")), Admission::Park(_)));
+        gate.orphan();
+        assert!(matches!(gate.admit(&req("POST")), Admission::Admit(_)));
     }
 
     #[tokio::test]

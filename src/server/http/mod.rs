@@ -334,6 +334,13 @@ pub async fn serve_conn<H: Handler + ?Sized>(
                 _ = phase.wait_for(|p| *p == Phase::Frozen) => true,
             };
             if frozen && gate.phase() == Phase::Frozen {
+                if gate.is_orphaned() {
+                    // Nobody to hand it to: close it unless a request is already there.
+                    match stream.try_read_buf(&mut buf) {
+                        Ok(n) if n > 0 => {}
+                        _ => return,
+                    }
+                }
                 match gate.hand_off(stream, Vec::new(), None) {
                     Ok(()) => return,
                     Err(s) => stream = s,
@@ -350,6 +357,8 @@ pub async fn serve_conn<H: Handler + ?Sized>(
                 return;
             }
         };
+        // An orphaned generation answers and closes: the next requests go to the backlog.
+        let keep_alive = keep_alive && !gate.is_orphaned();
         let admitted = match gate.admit(&req) {
             Admission::Admit(a) => a,
             Admission::Park(mut bytes) => {
