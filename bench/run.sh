@@ -5,8 +5,18 @@
 # dockerd (Debian docker.io) runs on its own socket and data root and is stopped afterwards;
 # the firewall ruleset is saved before and restored after (dockerd rewrites iptables).
 # DOCKERD_ARGS adds dockerd flags (e.g. --iptables=false while other tests share the host).
+# BENCH=startup runs only these figures, BENCH=upgrade only bench/upgrade.sh (issue 3: live
+# upgrades under load against dockerd --live-restore); the default runs both, one after the
+# other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
+BENCH=${BENCH:-all}
+case $BENCH in
+  upgrade) exec bash bench/upgrade.sh ;;
+  all|startup) ;;
+  *) echo "BENCH=$BENCH: expected all, startup or upgrade" >&2; exit 2 ;;
+esac
 N=${N:-15}
 PAR=${PAR:-20}
 W=$(mktemp -d /tmp/bb.XXXX)
@@ -14,48 +24,28 @@ BERTH_SOCK=$W/berth.sock
 DOCKER_SOCK=$W/docker.sock
 export DOCKER_CONFIG=$W/dc
 
-if ! command -v dockerd >/dev/null; then
-  # Install without letting the package start a system dockerd (it would rewrite iptables).
-  had_policy=0; [ -e /usr/sbin/policy-rc.d ] && had_policy=1
-  [ $had_policy = 1 ] || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-  chmod +x /usr/sbin/policy-rc.d
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
-  [ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d
-  pkill -x dockerd 2>/dev/null || true
-fi
-# dockerd's iptables rules live in the ip/ip6 filter/nat tables: remember which existed and
-# their contents; berth's own (inet) tables and anything else are left alone.
-nft list tables > "$W/tables.before" 2>/dev/null || true
-iptables-save > "$W/iptables.save" 2>/dev/null || true
-ip6tables-save > "$W/ip6tables.save" 2>/dev/null || true
+bench_install_docker
+bench_fw_save "$W"
 
 cleanup() {
   set +e
   DOCKER_HOST=unix://$BERTH_SOCK docker rm -f $(DOCKER_HOST=unix://$BERTH_SOCK docker ps -aq) >/dev/null 2>&1
   DOCKER_HOST=unix://$DOCKER_SOCK docker rm -f $(DOCKER_HOST=unix://$DOCKER_SOCK docker ps -aq) >/dev/null 2>&1
-  [ -n "${BPID:-}" ] && kill "$BPID" 2>/dev/null && wait "$BPID" 2>/dev/null
-  [ -n "${DPID:-}" ] && kill "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null
-  pkill -f "$W" 2>/dev/null
+  [ -n "${BPID:-}" ] && bench_stop_pid "$BPID" 30
+  [ -n "${DPID:-}" ] && bench_stop_pid "$DPID" 30
+  bench_kill_under "$W"
+  bench_cgroup_purge bbench
   sleep 1
-  grep " $W" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  bench_umount_under "$W"
   ip link del bbench0 2>/dev/null; ip link del docker0 2>/dev/null
   nft delete table inet bbench 2>/dev/null
-  for c in /sys/fs/cgroup/*/bbench; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; ; done 2>/dev/null
-  for t in "ip filter" "ip nat" "ip mangle" "ip raw" "ip6 filter" "ip6 nat" "ip6 mangle" "ip6 raw"; do
-    grep -qx "table $t" "$W/tables.before" || nft delete table $t 2>/dev/null
-  done
-  [ -s "$W/iptables.save" ] && iptables-restore < "$W/iptables.save" 2>/dev/null
-  [ -s "$W/ip6tables.save" ] && ip6tables-restore < "$W/ip6tables.save" 2>/dev/null
+  bench_cgroup_purge bbench
+  bench_fw_restore "$W"
   [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
 }
 trap cleanup EXIT
 
-# Image: busybox-static rootfs.
-mkdir -p "$W/root/bin" "$W/root/etc" "$W/root/tmp"
-cp /bin/busybox "$W/root/bin/"
-for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$W/root/bin/$a"; done
-echo 'root:x:0:0:root:/root:/bin/sh' > "$W/root/etc/passwd"
-tar -C "$W/root" -cf "$W/bb.tar" .
+bench_image "$W"
 
 target/release/berthd -H "unix://$BERTH_SOCK" --data-root "$W/berth" --exec-root "$W/berthx" \
   --bridge bbench0 --bip 10.231.0.1/24 --nft-table bbench --cgroup-parent /bbench >"$W/berthd.log" 2>&1 &
@@ -113,4 +103,10 @@ check() { if awk -v v="$2" -v t="$3" 'BEGIN{exit !(v <= t)}'; then echo "target 
 check "run latency ratio" "$(ratio "${R[berth.run_ms]}" "${R[docker.run_ms]}")" 0.25
 check "shim RSS KiB" "${R[berth.shim_rss_kb]}" 2048
 check "idle berthd RSS KiB" "${R[berth.idle_rss_kb]}" 20480
+if [ "$BENCH" = all ]; then
+  # The upgrade bench sets up its own daemons on the same bridge/table names: clean up first.
+  trap - EXIT
+  cleanup
+  bash bench/upgrade.sh || fail=1
+fi
 exit $fail
