@@ -122,3 +122,31 @@ bench_stop_pid() { # PID [SECONDS] [SIGNAL]
   wait "$1" 2>/dev/null
   return 0
 }
+
+# Runs this shell (and so everything it starts from now on) in its own cpu cgroup NAME with
+# the given weight (cgroup v1 cpu.shares; v2 cpu.weight scaled from it), so that the bench
+# is measured against itself rather than against whatever else loads the host. Both daemons
+# and the load generator get the same treatment. No-op (with a note) when not possible.
+bench_cpu_isolate() { # NAME SHARES
+  local d
+  if [ -d /sys/fs/cgroup/cpu ] && [ -e /sys/fs/cgroup/cpu/cpu.shares ]; then
+    d=/sys/fs/cgroup/cpu/$1
+    mkdir -p "$d" && echo "$2" > "$d/cpu.shares" && echo $$ > "$d/cgroup.procs" && return 0
+  elif grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; then
+    d=/sys/fs/cgroup/$1
+    mkdir -p "$d" && echo $(( $2 * 100 / 1024 > 10000 ? 10000 : ($2 * 100 / 1024 < 1 ? 1 : $2 * 100 / 1024) )) > "$d/cpu.weight" \
+      && echo $$ > "$d/cgroup.procs" && return 0
+  fi
+  echo "note: cannot give the bench its own cpu cgroup; measuring on the shared host" >&2
+}
+
+# Leaves the cgroup of bench_cpu_isolate and removes it.
+bench_cpu_release() { # NAME
+  local d
+  for d in /sys/fs/cgroup/cpu/"$1" /sys/fs/cgroup/"$1"; do
+    [ -d "$d" ] || continue
+    echo $$ > "$(dirname "$d")/cgroup.procs" 2>/dev/null
+    bench_cgroup_purge "$(basename "$d")" >/dev/null 2>&1
+  done
+  return 0
+}

@@ -16,7 +16,9 @@
 # --iptables=false: no container here has a network, and dockerd's iptables rewrite would
 # disturb whatever else shares the host; the firewall is saved and restored either way).
 # BERTHD_ARGS adds berthd flags (e.g. "-l debug" to log the cut-over phases). KEEP=1 keeps
-# the work directory (logs, reports, request records).
+# the work directory (logs, reports, request records). CPU_SHARES=N runs the whole bench (both
+# daemons, their shims and the load generator alike) in a cpu cgroup of that weight (1024 is
+# a plain process's), to measure it apart from other load on a shared host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -78,10 +80,12 @@ cleanup() {
   bench_cgroup_purge bbench
   bench_cgroup_purge dbench
   bench_fw_restore "$W"
+  [ -z "${CPU_SHARES:-}" ] || bench_cpu_release bbench-run
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $W"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+[ -z "${CPU_SHARES:-}" ] || bench_cpu_isolate bbench-run "$CPU_SHARES"
 
 bench_image "$W"
 

@@ -169,6 +169,10 @@ def main():
     row("bench containers running at the end", g(b, lambda s: fmt(s["running"], 0)),
         g(d, lambda s: fmt(s["running"], 0)))
 
+    shares = os.environ.get("CPU_SHARES")
+    print(f"host: {os.cpu_count()} CPUs; bench "
+          + (f"in its own cpu cgroup, weight {shares} (a plain process: 1024)" if shares
+             else "sharing the host's CPUs with whatever else runs"))
     wid = max(len(r[0]) for r in rows)
     bw = max(12, max(len(r[1]) for r in rows))
     print(f"{'metric':<{wid}}  {'berthd':<{bw}}  dockerd --live-restore")
