@@ -33,6 +33,7 @@ REL=$PWD/target/release
 for b in berthd berth-shim berth-load; do
   [ -x "$REL/$b" ] || { echo "missing $REL/$b: cargo build --release --workspace" >&2; exit 2; }
 done
+if [ "$ONLY" != berth ]; then bench_install_docker; fi
 W=$(mktemp -d /tmp/bu.XXXX)
 BERTH_SOCK=$W/berth.sock
 DOCKER_SOCK=$W/docker.sock
@@ -41,7 +42,6 @@ BPID= DPID= LPID=
 DOCKERD_FLAGS=(-H "unix://$DOCKER_SOCK" --data-root "$W/docker" --exec-root "$W/dockerx"
   --pidfile "$W/docker.pid" --cgroup-parent /dbench --live-restore)
 
-if [ "$ONLY" != berth ]; then bench_install_docker; fi
 bench_fw_save "$W"
 
 # Removes every container of the daemon on SOCK (no-op when it does not answer).
