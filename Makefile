@@ -7,10 +7,10 @@ RUN_ROOT ?= /tmp/berth-dev
 RUN_SOCK ?= $(RUN_ROOT)/berth.sock
 APT_PKGS := libseccomp-dev pkg-config busybox-static nftables iproute2 iperf3 tini procps ca-certificates
 
-.PHONY: help deps build run test unit integration lint bench install clean
+.PHONY: help deps build run test unit integration lint bench bench-upgrade install clean
 
 help: ## this list
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 deps: ## install the system packages the build and the tests need (apt-get, as root)
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -36,9 +36,13 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: deps ## berthd against dockerd, side by side (installs docker.io)
+bench: deps ## berthd against dockerd, side by side (installs docker.io); BENCH=startup|upgrade for one part
 	$(CARGO) build --release --workspace
 	bash bench/run.sh
+
+bench-upgrade: deps ## only the live-upgrade bench: 20 upgrades under load vs dockerd --live-restore
+	$(CARGO) build --release --workspace
+	BENCH=upgrade bash bench/run.sh
 
 install: ## install binaries and systemd units under $(DESTDIR)
 	install -D -m 0755 target/release/berthd $(DESTDIR)/usr/bin/berthd

@@ -5,8 +5,18 @@
 # dockerd (Debian docker.io) runs on its own socket and data root and is stopped afterwards;
 # the firewall ruleset is saved before and restored after (dockerd rewrites iptables).
 # DOCKERD_ARGS adds dockerd flags (e.g. --iptables=false while other tests share the host).
+# BENCH=startup runs only these figures, BENCH=upgrade only bench/upgrade.sh (issue 3: live
+# upgrades under load against dockerd --live-restore); the default runs both, one after the
+# other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
+BENCH=${BENCH:-all}
+case $BENCH in
+  upgrade) exec bash bench/upgrade.sh ;;
+  all|startup) ;;
+  *) echo "BENCH=$BENCH: expected all, startup or upgrade" >&2; exit 2 ;;
+esac
 N=${N:-15}
 PAR=${PAR:-20}
 W=$(mktemp -d /tmp/bb.XXXX)
@@ -14,48 +24,28 @@ BERTH_SOCK=$W/berth.sock
 DOCKER_SOCK=$W/docker.sock
 export DOCKER_CONFIG=$W/dc
 
-if ! command -v dockerd >/dev/null; then
-  # Install without letting the package start a system dockerd (it would rewrite iptables).
-  had_policy=0; [ -e /usr/sbin/policy-rc.d ] && had_policy=1
-  [ $had_policy = 1 ] || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-  chmod +x /usr/sbin/policy-rc.d
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
-  [ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d
-  pkill -x dockerd 2>/dev/null || true
-fi
-# dockerd's iptables rules live in the ip/ip6 filter/nat tables: remember which existed and
-# their contents; berth's own (inet) tables and anything else are left alone.
-nft list tables > "$W/tables.before" 2>/dev/null || true
-iptables-save > "$W/iptables.save" 2>/dev/null || true
-ip6tables-save > "$W/ip6tables.save" 2>/dev/null || true
+bench_install_docker
+bench_fw_save "$W"
 
 cleanup() {
   set +e
   DOCKER_HOST=unix://$BERTH_SOCK docker rm -f $(DOCKER_HOST=unix://$BERTH_SOCK docker ps -aq) >/dev/null 2>&1
   DOCKER_HOST=unix://$DOCKER_SOCK docker rm -f $(DOCKER_HOST=unix://$DOCKER_SOCK docker ps -aq) >/dev/null 2>&1
-  [ -n "${BPID:-}" ] && kill "$BPID" 2>/dev/null && wait "$BPID" 2>/dev/null
-  [ -n "${DPID:-}" ] && kill "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null
-  pkill -f "$W" 2>/dev/null
+  [ -n "${BPID:-}" ] && bench_stop_pid "$BPID" 30
+  [ -n "${DPID:-}" ] && bench_stop_pid "$DPID" 30
+  bench_kill_under "$W"
+  bench_cgroup_purge bbench
   sleep 1
-  grep " $W" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  bench_umount_under "$W"
   ip link del bbench0 2>/dev/null; ip link del docker0 2>/dev/null
   nft delete table inet bbench 2>/dev/null
-  for c in /sys/fs/cgroup/*/bbench; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; ; done 2>/dev/null
-  for t in "ip filter" "ip nat" "ip mangle" "ip raw" "ip6 filter" "ip6 nat" "ip6 mangle" "ip6 raw"; do
-    grep -qx "table $t" "$W/tables.before" || nft delete table $t 2>/dev/null
-  done
-  [ -s "$W/iptables.save" ] && iptables-restore < "$W/iptables.save" 2>/dev/null
-  [ -s "$W/ip6tables.save" ] && ip6tables-restore < "$W/ip6tables.save" 2>/dev/null
+  bench_cgroup_purge bbench
+  bench_fw_restore "$W"
   [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
 }
 trap cleanup EXIT
 
-# Image: busybox-static rootfs.
-mkdir -p "$W/root/bin" "$W/root/etc" "$W/root/tmp"
-cp /bin/busybox "$W/root/bin/"
-for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$W/root/bin/$a"; done
-echo 'root:x:0:0:root:/root:/bin/sh' > "$W/root/etc/passwd"
-tar -C "$W/root" -cf "$W/bb.tar" .
+bench_image "$W"
 
 target/release/berthd -H "unix://$BERTH_SOCK" --data-root "$W/berth" --exec-root "$W/berthx" \
   --bridge bbench0 --bip 10.231.0.1/24 --nft-table bbench --cgroup-parent /bbench >"$W/berthd.log" 2>&1 &
@@ -68,6 +58,15 @@ for s in "$BERTH_SOCK" "$DOCKER_SOCK"; do
 done
 
 rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# berthd is a master and its worker (a child named berthd): the daemon's RSS is both.
+daemon_rss_kb() { # WHO PID
+  local t c
+  t=$(rss_kb "$2")
+  if [ "$1" = berth ]; then
+    for c in $(pgrep -P "$2" -x berthd || true); do t=$((t + $(rss_kb "$c"))); done
+  fi
+  echo "$t"
+}
 median() { sort -n | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
 
 declare -A R
@@ -77,7 +76,7 @@ for who in berth docker; do
   export DOCKER_HOST=unix://$sock
   docker import "$W/bb.tar" bb:bench >/dev/null
   sleep 2
-  R[$who.idle_rss_kb]=$(rss_kb "$pid")
+  R[$who.idle_rss_kb]=$(daemon_rss_kb $who "$pid")
   docker run --rm bb:bench true >/dev/null   # warm-up
   for i in $(seq "$N"); do
     s=$(date +%s%N); docker run --rm bb:bench true >/dev/null; e=$(date +%s%N)
@@ -94,7 +93,7 @@ for who in berth docker; do
   else shims=$(pgrep -f containerd-shim-runc-v2 || true); fi
   tot=0; n=0; for p in $shims; do tot=$((tot + $(rss_kb "$p"))); n=$((n + 1)); done
   R[$who.shim_rss_kb]=$(( n > 0 ? tot / n : 0 )); R[$who.shims]=$n
-  R[$who.busy_rss_kb]=$(rss_kb "$pid")
+  R[$who.busy_rss_kb]=$(daemon_rss_kb $who "$pid")
   docker rm -f $(docker ps -aq) >/dev/null
 done
 
@@ -102,7 +101,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b == 0) print "n/a"; else printf "
 printf '%-36s %12s %12s %8s\n' metric berthd dockerd ratio
 printf '%-36s %12s %12s %8s\n' "docker run --rm true, median ms (n=$N)" "${R[berth.run_ms]}" "${R[docker.run_ms]}" "$(ratio "${R[berth.run_ms]}" "${R[docker.run_ms]}")"
 printf '%-36s %12s %12s %8s\n' "$PAR x docker run -d in parallel, ms" "${R[berth.par_ms]}" "${R[docker.par_ms]}" "$(ratio "${R[berth.par_ms]}" "${R[docker.par_ms]}")"
-printf '%-36s %12s %12s %8s\n' "idle daemon RSS, KiB" "${R[berth.idle_rss_kb]}" "${R[docker.idle_rss_kb]}" "$(ratio "${R[berth.idle_rss_kb]}" "${R[docker.idle_rss_kb]}")"
+printf '%-36s %12s %12s %8s\n' "idle daemon RSS KiB (master+worker)" "${R[berth.idle_rss_kb]}" "${R[docker.idle_rss_kb]}" "$(ratio "${R[berth.idle_rss_kb]}" "${R[docker.idle_rss_kb]}")"
 printf '%-36s %12s %12s %8s\n' "daemon RSS with $PAR containers, KiB" "${R[berth.busy_rss_kb]}" "${R[docker.busy_rss_kb]}" "$(ratio "${R[berth.busy_rss_kb]}" "${R[docker.busy_rss_kb]}")"
 printf '%-36s %12s %12s %8s\n' "RSS per shim, KiB (n=${R[berth.shims]}/${R[docker.shims]})" "${R[berth.shim_rss_kb]}" "${R[docker.shim_rss_kb]}" "$(ratio "${R[berth.shim_rss_kb]}" "${R[docker.shim_rss_kb]}")"
 
@@ -113,4 +112,10 @@ check() { if awk -v v="$2" -v t="$3" 'BEGIN{exit !(v <= t)}'; then echo "target 
 check "run latency ratio" "$(ratio "${R[berth.run_ms]}" "${R[docker.run_ms]}")" 0.25
 check "shim RSS KiB" "${R[berth.shim_rss_kb]}" 2048
 check "idle berthd RSS KiB" "${R[berth.idle_rss_kb]}" 20480
+if [ "$BENCH" = all ]; then
+  # The upgrade bench sets up its own daemons on the same bridge/table names: clean up first.
+  trap - EXIT
+  cleanup
+  bash bench/upgrade.sh || fail=1
+fi
 exit $fail

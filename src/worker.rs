@@ -189,10 +189,17 @@ async fn serve(
                 let t_f = Instant::now();
                 gate.set_phase(Phase::Frozen);
                 gate.all_done().await;
+                let drain = t_f.elapsed();
                 if let Err(e) = daemon.store.flush() {
                     tracing::error!(error = %e, "flush the store at freeze");
                 }
                 let freeze_ms = t_f.elapsed().as_secs_f64() * 1000.0;
+                tracing::debug!(
+                    quiesce_ms,
+                    drain_ms = drain.as_secs_f64() * 1000.0,
+                    flush_ms = freeze_ms - drain.as_secs_f64() * 1000.0,
+                    "freeze phases"
+                );
                 let conns = handed.swap(0, Ordering::SeqCst);
                 let _ = out.send((
                     ToMaster::Frozen {
@@ -254,6 +261,13 @@ async fn accept_loop(l: tokio::net::UnixListener, router: Arc<Router>, gate: Arc
         if phase.wait_for(|p| *p != Phase::Frozen).await.is_err() {
             return;
         }
+        // The loop counts as a connection while it may accept (raised before the phase is
+        // checked): a freeze waits until it has stopped accepting or the connection it
+        // accepted was handed over, so no hand-over can follow the `Frozen` report.
+        let guard = gate.enter_conn();
+        if gate.phase() == Phase::Frozen {
+            continue;
+        }
         let accepted = tokio::select! {
             r = l.accept() => Some(r),
             _ = phase.wait_for(|p| *p == Phase::Frozen) => None,
@@ -262,7 +276,6 @@ async fn accept_loop(l: tokio::net::UnixListener, router: Arc<Router>, gate: Arc
             Some(Ok((s, _))) => {
                 let router = router.clone();
                 let gate = gate.clone();
-                let guard = gate.enter_conn();
                 tokio::spawn(async move {
                     http::serve_conn(s, &*router, &gate, Vec::new(), guard).await
                 });

@@ -265,6 +265,13 @@ async fn attempt(
                     m.workers.remove(&old);
                     break;
                 }
+                // A connection the old generation still hands over waits for the new one
+                // (`other` would flush every pending connection back to the leaving one).
+                Some(Event::Msg(pid, ToMaster::Conn(c), fds)) if pid == old => {
+                    if let Some(fd) = fds.into_iter().next() {
+                        m.pending.push_back((c, fd));
+                    }
+                }
                 Some(Event::Exited(pid, status)) if pid == new => {
                     m.workers.remove(&new);
                     return rollback_cold(
