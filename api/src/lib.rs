@@ -4,11 +4,13 @@
 //!   which still carries the legacy fields API 1.41 clients read).
 //! * [`shim`]: the versioned daemon ↔ shim protocol.
 //! * [`logfmt`]: the json-file log format and the attach/logs stream framing.
+//! * [`stats`]: container resource samples and the stats JSON object.
 //!
 //! No sockets, processes or async I/O live here.
 
 pub mod logfmt;
 pub mod shim;
+pub mod stats;
 #[cfg(feature = "transport")]
 pub mod transport;
 

@@ -9,10 +9,10 @@
 //! an event stream of [`ShimResponse::Event`] packets (the daemon answers exits with
 //! [`ShimRequest::AckExit`] on the same connection).
 //!
-//! Hand-over requests (`Attach`, `Wait`, `Logs`, `Exec` with a stream) carry exactly one fd:
+//! Hand-over requests (`Attach`, `Wait`, `Logs`, `Stats`, `Exec` with a stream) carry exactly one fd:
 //! the client's HTTP connection. The daemon has already written the response head (101 for
-//! attach and exec, `200` with `Transfer-Encoding: chunked` and `Connection: close` for wait
-//! and logs); the shim writes the body and closes the connection when done.
+//! attach and exec, `200` with `Transfer-Encoding: chunked` and `Connection: close` for wait,
+//! logs and stats); the shim writes the body and closes the connection when done.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -140,6 +140,20 @@ impl LogsParams {
     }
 }
 
+/// Parameters of a stats hand-over (`GET /containers/{id}/stats`). Added after protocol
+/// version 1 shipped (an addition, no version bump): a shim that predates it cannot parse
+/// the request and closes the control connection, and the daemon then serves the request
+/// itself with one object.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StatsParams {
+    /// Container name without the leading slash (the shim does not know it).
+    pub name: String,
+    /// One object a second until the client leaves or the container stops (`stream=1`).
+    pub stream: bool,
+    /// With `stream=0`: answer at once, without a previous sample (`one-shot=1`).
+    pub one_shot: bool,
+}
+
 /// A process to run inside the container (`docker exec`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ExecParams {
@@ -217,6 +231,8 @@ pub enum ShimRequest {
     },
     /// Serve a following log stream on the passed fd.
     Logs(LogsParams),
+    /// Serve container statistics on the passed fd.
+    Stats(StatsParams),
     /// Run an exec; serve its stream on the passed fd unless detached.
     Exec(ExecParams),
     /// Ask for an exec's state.

@@ -25,6 +25,7 @@ mod reaper;
 mod runtime;
 mod server;
 mod state;
+mod stats;
 mod stdio;
 mod streams;
 mod sys;

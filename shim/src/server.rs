@@ -201,6 +201,13 @@ fn dispatch(
             }
             Err(e) => e,
         },
+        ShimRequest::Stats(p) => match one_fd(fds) {
+            Ok(fd) => {
+                spawn_stream("stats", crate::stats::serve_stats(shim.clone(), fd, p));
+                ShimResponse::Ok
+            }
+            Err(e) => e,
+        },
         ShimRequest::Exec(p) => {
             let fd = if p.detach {
                 None

@@ -18,6 +18,7 @@ pub mod record;
 pub mod rootfs;
 pub mod spawn;
 pub mod spec;
+pub mod stats;
 pub mod streams;
 pub mod top;
 pub mod view;

@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 /// Turns a taken-over connection into an fd to pass on.
-fn conn_fd(conn: Conn) -> Option<(OwnedFd, Vec<u8>)> {
+pub(super) fn conn_fd(conn: Conn) -> Option<(OwnedFd, Vec<u8>)> {
     let std = conn.stream.into_std().ok()?;
     let _ = std.set_nonblocking(false);
     Some((OwnedFd::from(std), conn.leftover))

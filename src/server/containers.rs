@@ -83,6 +83,11 @@ pub async fn route(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Respons
             c.resize(id, h, w).await?;
             Ok(Response::empty(200))
         }
+        ("GET", ["containers", id, "stats"]) => c.stats(
+            id,
+            req.q_bool("stream", true),
+            req.q_bool("one-shot", false),
+        ),
         ("POST", ["containers", id, "wait"]) => c.wait(id, req.q("condition")),
         ("POST", ["containers", id, "attach"]) => {
             let params = AttachParams {
