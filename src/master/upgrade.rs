@@ -252,9 +252,14 @@ async fn attempt(
         m.flush_pending(old).await;
         return Err("the new worker died during the freeze".into());
     }
-    // CUT-OVER: the old generation leaves (releasing the store), the new one takes over.
+    // CUT-OVER: the old generation leaves (releasing the store) while the new one is told
+    // to take over at once: it opens the store as soon as the lock is free, without waiting
+    // for the master to notice the old generation's exit.
+    let mut serving = false;
     if old_alive {
         send(m, old, ToWorker::Exit).await;
+        m.active = Some(new);
+        send(m, new, ToWorker::TakeOver { clean: true }).await;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match m.next_event(deadline).await {
@@ -265,11 +270,20 @@ async fn attempt(
                     m.workers.remove(&old);
                     break;
                 }
+                Some(Event::Msg(pid, ToMaster::Serving { .. }, _)) if pid == new => {
+                    serving = true;
+                    report.freeze_cutover_ms = ms(t_freeze) - report.quiesce_ms;
+                    m.mark_serving(new);
+                    m.flush_pending(new).await;
+                }
                 // A connection the old generation still hands over waits for the new one
                 // (`other` would flush every pending connection back to the leaving one).
                 Some(Event::Msg(pid, ToMaster::Conn(c), fds)) if pid == old => {
                     if let Some(fd) = fds.into_iter().next() {
                         m.pending.push_back((c, fd));
+                    }
+                    if serving {
+                        m.flush_pending(new).await;
                     }
                 }
                 Some(Event::Exited(pid, status)) if pid == new => {
@@ -277,7 +291,7 @@ async fn attempt(
                     return rollback_cold(
                         m,
                         old_binary,
-                        format!("the new worker died during the freeze ({status})"),
+                        format!("the new worker died during the cut-over ({status})"),
                     )
                     .await;
                 }
@@ -288,12 +302,13 @@ async fn attempt(
                 }
             }
         }
+    } else {
+        m.active = Some(new);
+        send(m, new, ToWorker::TakeOver { clean: false }).await;
     }
     let t_old_gone = Instant::now();
-    m.active = Some(new);
-    send(m, new, ToWorker::TakeOver { clean: old_alive }).await;
     let deadline = Instant::now() + CUTOVER_TIMEOUT;
-    loop {
+    while !serving {
         match m.next_event(deadline).await {
             None => {
                 kill(new);
@@ -314,7 +329,7 @@ async fn attempt(
                 );
                 m.mark_serving(new);
                 m.flush_pending(new).await;
-                break;
+                serving = true;
             }
             Some(Event::Exited(pid, status)) if pid == new => {
                 m.workers.remove(&new);
