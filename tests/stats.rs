@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{daemon_with_image, Daemon};
+use common::daemon_with_image;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -32,20 +32,6 @@ fn bytes(s: &str) -> f64 {
 fn mem_usage(col: &str) -> (f64, f64) {
     let (u, l) = col.split_once('/').unwrap_or((col, ""));
     (bytes(u), bytes(l))
-}
-
-fn upgrade_ok(d: &Daemon) {
-    let out = Command::new(env!("CARGO_BIN_EXE_berthd"))
-        .args(["upgrade", "-H", &format!("unix://{}", d.sock.display())])
-        .args(["--probation-ms", "100"])
-        .output()
-        .expect("berthd upgrade");
-    assert!(
-        out.status.success(),
-        "upgrade failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        common::tail(&d.log(), 40)
-    );
 }
 
 /// The `MemUsage` columns of the lines for `name` in a `docker stats` output file (the CLI
@@ -169,7 +155,7 @@ fn streaming_stats_survive_an_upgrade() {
     common::until("raw stats objects", || objects.load(Ordering::SeqCst) >= 2);
     eprintln!("first CLI lines: {:?}", mem_columns(&out_path, "grow"));
     for round in 0..2 {
-        upgrade_ok(&d);
+        d.upgrade_ok(&["--probation-ms", "100"]);
         let seen: Vec<String> = mem_columns(&out_path, "grow");
         let at_upgrade = objects.load(Ordering::SeqCst);
         // Fresh samples on the same connection after the new generation serves.

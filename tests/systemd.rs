@@ -6,13 +6,12 @@
 mod common;
 mod loadkit;
 use berth_load::Op;
-use common::{is_root, tail, Daemon, Launch};
+use common::{is_root, Daemon, Launch};
 use loadkit::*;
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 /// Running containers while the master is killed.
@@ -272,16 +271,7 @@ fn master_notifies_ready_and_its_pid_only_once_the_api_answers() {
     );
 
     // A live upgrade keeps the main pid and says so in STATUS.
-    let out = Command::new(env!("CARGO_BIN_EXE_berthd"))
-        .args(["upgrade", "-H", &d.host(), "--json"])
-        .output()
-        .expect("berthd upgrade");
-    assert!(
-        out.status.success(),
-        "upgrade: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        tail(&d.log(), 30)
-    );
+    d.upgrade_ok(&[]);
     let note = n
         .recv(Duration::from_secs(10))
         .expect("a notification after the upgrade");

@@ -6,23 +6,7 @@ mod common;
 
 use berth_load::{Config, Window};
 use common::{daemon_with_image, Daemon};
-use std::process::Output;
 use std::time::{Duration, Instant};
-
-/// Runs `berthd upgrade --json` with extra flags.
-fn upgrade(d: &Daemon, extra: &[&str]) -> (Output, serde_json::Value) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"))
-        .arg("upgrade")
-        .arg("-H")
-        .arg(format!("unix://{}", d.sock.display()))
-        .arg("--json")
-        .args(extra)
-        .output()
-        .expect("run berthd upgrade");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let report = serde_json::from_str(text.trim()).unwrap_or(serde_json::Value::Null);
-    (out, report)
-}
 
 /// Starts `n` long-running containers.
 fn run_containers(d: &Daemon, n: usize) -> Vec<String> {
@@ -80,7 +64,7 @@ fn twenty_upgrades_under_load_fail_nothing() {
     let mut freeze = Vec::new();
     for i in 0..20 {
         let start = berth_load::now_ns();
-        let (out, report) = upgrade(&d, &["--probation-ms", "200"]);
+        let (out, report) = d.upgrade(&["--probation-ms", "200"]);
         windows.push(Window {
             start_ns: start,
             end_ns: berth_load::now_ns(),
@@ -152,7 +136,7 @@ fn failed_upgrades_roll_back_and_the_daemon_serves_on() {
         let started = Instant::now();
         let mut args = vec!["--fault", fault];
         args.extend_from_slice(extra);
-        let (out, report) = upgrade(&d, &args);
+        let (out, report) = d.upgrade(&args);
         assert!(!out.status.success(), "{fault}: the upgrade must fail");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -185,7 +169,7 @@ fn failed_upgrades_roll_back_and_the_daemon_serves_on() {
         );
     }
     // And a good upgrade still goes through afterwards.
-    let (out, report) = upgrade(&d, &[]);
+    let (out, report) = d.upgrade(&[]);
     assert!(out.status.success(), "{report}");
     // A second upgrade while one runs is refused with 409.
     let slow = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"))
@@ -194,7 +178,7 @@ fn failed_upgrades_roll_back_and_the_daemon_serves_on() {
         .spawn()
         .expect("slow upgrade");
     std::thread::sleep(Duration::from_millis(500));
-    let (out, _) = upgrade(&d, &[]);
+    let (out, _) = d.upgrade(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("already in progress"),
@@ -215,7 +199,7 @@ fn the_master_re_executes_in_place_with_the_new_binary() {
     std::fs::copy(bin, &new_bin).expect("copy berthd");
     std::fs::copy(bin.with_file_name("berth-shim"), dir.join("berth-shim")).expect("copy shim");
     let master = d.master_pid();
-    let (out, report) = upgrade(&d, &["--binary", new_bin.to_str().unwrap_or_default()]);
+    let (out, report) = d.upgrade(&["--binary", new_bin.to_str().unwrap_or_default()]);
     assert!(out.status.success(), "{report}");
     let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
     common::until("the master to run the new binary", || {
@@ -225,7 +209,7 @@ fn the_master_re_executes_in_place_with_the_new_binary() {
     assert_eq!(workers.len(), 1, "{workers:?}");
     assert_eq!(exe(workers[0]), new_bin);
     // The re-executed master runs upgrades (default binary: the new one) and respawns.
-    let (out, report) = upgrade(&d, &[]);
+    let (out, report) = d.upgrade(&[]);
     assert!(out.status.success(), "{report}");
     assert_eq!(report["Binary"], new_bin.to_str().unwrap_or_default());
     common::until("the re-executed master to settle", || {

@@ -9,20 +9,6 @@ use common::pty::Pty;
 use common::{daemon_with_image, Daemon};
 use std::process::{Child, Command, Stdio};
 
-fn upgrade_ok(d: &Daemon) {
-    let out = Command::new(env!("CARGO_BIN_EXE_berthd"))
-        .args(["upgrade", "-H", &format!("unix://{}", d.sock.display())])
-        .args(["--probation-ms", "100"])
-        .output()
-        .expect("berthd upgrade");
-    assert!(
-        out.status.success(),
-        "upgrade failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        common::tail(&d.log(), 40)
-    );
-}
-
 fn bg(d: &Daemon, args: &[&str]) -> Child {
     d.cmd(args)
         .stdout(Stdio::piped())
@@ -73,7 +59,7 @@ fn logs_follow_wait_attach_and_exec_continue_across_upgrades() {
     for round in 0..3 {
         let before = lines_of(&logs_path);
         common::until("log lines to flow", || lines_of(&logs_path) > before + 300);
-        upgrade_ok(&d);
+        d.upgrade_ok(&["--probation-ms", "100"]);
         attach.send(format!("echo at-{round}-$((1+1))\r").as_bytes());
         attach.expect(&format!("at-{round}-2"));
         exec.send(format!("r{round}\r").as_bytes());
@@ -136,7 +122,7 @@ fn a_long_load_is_finished_by_the_old_generation() {
     d.ok(&["rmi", "big:one"]);
 
     let load = bg(&d, &["load", "-i", saved.to_str().unwrap_or_default()]);
-    upgrade_ok(&d);
+    d.upgrade_ok(&["--probation-ms", "100"]);
     let out = load.wait_with_output().expect("docker load");
     assert!(
         out.status.success(),
@@ -184,7 +170,7 @@ fn an_events_stream_continues_across_upgrades_with_no_loss_or_repeat() {
             d.ok(&["create", "--name", &name, "bb:test", "true"]);
             want.push(name);
         }
-        upgrade_ok(&d);
+        d.upgrade_ok(&["--probation-ms", "100"]);
     }
     d.ok(&["create", "--name", "ev-last", "bb:test", "true"]);
     want.push("ev-last".into());

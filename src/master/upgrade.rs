@@ -254,62 +254,28 @@ async fn attempt(
     }
     // CUT-OVER: the old generation leaves (releasing the store) while the new one is told
     // to take over at once: it opens the store as soon as the lock is free, without waiting
-    // for the master to notice the old generation's exit.
-    let mut serving = false;
+    // for the master to notice the old generation's exit. Done when the old generation is
+    // gone and the new one serves, in either order.
     if old_alive {
         send(m, old, ToWorker::Exit).await;
-        m.active = Some(new);
-        send(m, new, ToWorker::TakeOver { clean: true }).await;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match m.next_event(deadline).await {
-                None => {
-                    kill(old);
-                }
-                Some(Event::Exited(pid, _)) if pid == old => {
-                    m.workers.remove(&old);
-                    break;
-                }
-                Some(Event::Msg(pid, ToMaster::Serving { .. }, _)) if pid == new => {
-                    serving = true;
-                    report.freeze_cutover_ms = ms(t_freeze) - report.quiesce_ms;
-                    m.mark_serving(new);
-                    m.flush_pending(new).await;
-                }
-                // A connection the old generation still hands over waits for the new one
-                // (`other` would flush every pending connection back to the leaving one).
-                Some(Event::Msg(pid, ToMaster::Conn(c), fds)) if pid == old => {
-                    if let Some(fd) = fds.into_iter().next() {
-                        m.pending.push_back((c, fd));
-                    }
-                    if serving {
-                        m.flush_pending(new).await;
-                    }
-                }
-                Some(Event::Exited(pid, status)) if pid == new => {
-                    m.workers.remove(&new);
-                    return rollback_cold(
-                        m,
-                        old_binary,
-                        format!("the new worker died during the cut-over ({status})"),
-                    )
-                    .await;
-                }
-                Some(ev) => {
-                    if let Some(e) = other(m, ev, new, old).await {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-    } else {
-        m.active = Some(new);
-        send(m, new, ToWorker::TakeOver { clean: false }).await;
     }
-    let t_old_gone = Instant::now();
+    m.active = Some(new);
+    send(m, new, ToWorker::TakeOver { clean: old_alive }).await;
+    let (mut old_gone, mut serving) = (!old_alive, false);
+    let mut old_deadline = Instant::now() + Duration::from_secs(5);
     let deadline = Instant::now() + CUTOVER_TIMEOUT;
-    while !serving {
-        match m.next_event(deadline).await {
+    while !(old_gone && serving) {
+        let wait_until = if old_gone {
+            deadline
+        } else {
+            old_deadline.min(deadline)
+        };
+        match m.next_event(wait_until).await {
+            None if !old_gone && Instant::now() >= old_deadline => {
+                // It did not leave when told: kill it, then wait for the reaper to see it.
+                kill(old);
+                old_deadline = Instant::now() + Duration::from_secs(5);
+            }
             None => {
                 kill(new);
                 return rollback_cold(
@@ -319,17 +285,27 @@ async fn attempt(
                 )
                 .await;
             }
+            Some(Event::Exited(pid, _)) if pid == old => {
+                m.workers.remove(&old);
+                old_gone = true;
+                tracing::debug!(old_exit_ms = ms(t_frozen), "old generation gone");
+            }
             Some(Event::Msg(pid, ToMaster::Serving { .. }, _)) if pid == new => {
+                serving = true;
                 report.freeze_cutover_ms = ms(t_freeze) - report.quiesce_ms;
-                tracing::debug!(
-                    freeze_ms = ms(t_freeze) - ms(t_frozen) - report.quiesce_ms,
-                    old_exit_ms = ms(t_frozen) - ms(t_old_gone),
-                    takeover_ms = ms(t_old_gone),
-                    "cut-over phases"
-                );
+                tracing::debug!(takeover_ms = ms(t_frozen), "new generation serving");
                 m.mark_serving(new);
                 m.flush_pending(new).await;
-                serving = true;
+            }
+            // A connection the old generation still hands over waits for the new one
+            // (`other` would flush every pending connection back to the leaving one).
+            Some(Event::Msg(pid, ToMaster::Conn(c), fds)) if pid == old => {
+                if let Some(fd) = fds.into_iter().next() {
+                    m.pending.push_back((c, fd));
+                }
+                if serving {
+                    m.flush_pending(new).await;
+                }
             }
             Some(Event::Exited(pid, status)) if pid == new => {
                 m.workers.remove(&new);

@@ -282,6 +282,33 @@ impl Daemon {
         self.root.join(rel)
     }
 
+    /// `berthd upgrade --json` with `extra` flags: its output and the parsed report (`Null`
+    /// when it printed none).
+    #[allow(dead_code)]
+    pub fn upgrade(&self, extra: &[&str]) -> (Output, serde_json::Value) {
+        let out = Command::new(env!("CARGO_BIN_EXE_berthd"))
+            .args(["upgrade", "-H", &self.host(), "--json"])
+            .args(extra)
+            .output()
+            .expect("run berthd upgrade");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let report = serde_json::from_str(text.trim()).unwrap_or(serde_json::Value::Null);
+        (out, report)
+    }
+
+    /// [`Daemon::upgrade`] that must commit; returns the report.
+    #[allow(dead_code)]
+    pub fn upgrade_ok(&self, extra: &[&str]) -> serde_json::Value {
+        let (out, report) = self.upgrade(extra);
+        assert!(
+            out.status.success() && report["Result"] == "committed",
+            "upgrade failed: {report} {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 40)
+        );
+        report
+    }
+
     /// The master's pid.
     #[allow(dead_code)]
     pub fn master_pid(&self) -> i32 {
