@@ -59,10 +59,8 @@ impl ConnMsg {
     }
 
     /// The bytes to replay.
-    pub fn bytes(&self) -> Vec<u8> {
-        base64::engine::general_purpose::STANDARD
-            .decode(&self.leftover)
-            .unwrap_or_default()
+    pub fn bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        base64::engine::general_purpose::STANDARD.decode(&self.leftover)
     }
 }
 
@@ -213,7 +211,7 @@ mod tests {
         assert_eq!(got, msg);
         assert_eq!(fds.len(), 1);
         match got {
-            ToMaster::Conn(c) => assert_eq!(c.bytes(), b"GET /_ping HTTP/1.1\r\n\r\n"),
+            ToMaster::Conn(c) => assert_eq!(c.bytes()?, b"GET /_ping HTTP/1.1\r\n\r\n"),
             other => anyhow::bail!("unexpected {other:?}"),
         }
         drop(a);

@@ -312,7 +312,14 @@ fn adopt_conn(router: &Arc<Router>, gate: &Arc<Gate>, fd: OwnedFd, msg: ConnMsg)
                     Err(e) => tracing::warn!(error = %e, "resume an events stream"),
                 }
             }
-            None => http::serve_conn(stream, &*router, &gate, msg.bytes(), guard).await,
+            None => match msg.bytes() {
+                Ok(bytes) => http::serve_conn(stream, &*router, &gate, bytes, guard).await,
+                // Dropping it closes the client's connection: better than answering a
+                // request other than the one it sent.
+                Err(e) => {
+                    tracing::error!(error = %e, "decode the bytes of a handed-over connection")
+                }
+            },
         }
     });
 }

@@ -231,3 +231,39 @@ fn the_master_re_executes_in_place_with_the_new_binary() {
         "running"
     );
 }
+
+#[test]
+fn preflight_refuses_a_binary_that_cannot_take_over() {
+    let Some(d) = daemon_with_image() else { return };
+    use std::os::unix::fs::PermissionsExt;
+    let cases = [
+        (
+            r#"{"version":"0","store_format":0,"shim_protocol":[1,1],"ctl_protocol":1}"#,
+            "reads store format 0",
+        ),
+        (
+            r#"{"version":"9","store_format":9,"shim_protocol":[7,8],"ctl_protocol":1}"#,
+            "speaks shim protocol 7..=8",
+        ),
+        (
+            r#"{"version":"9","store_format":9,"shim_protocol":[1,9],"ctl_protocol":2}"#,
+            "control protocol 2",
+        ),
+        ("not json", "unreadable answer"),
+    ];
+    for (i, (answer, reason)) in cases.iter().enumerate() {
+        let bin = d.path(&format!("fake-berthd-{i}"));
+        std::fs::write(&bin, format!("#!/bin/sh\necho '{answer}'\n")).expect("fake binary");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let (out, report) = d.upgrade(&["--binary", bin.to_str().unwrap_or_default()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{answer}: {report}");
+        assert!(
+            err.contains("preflight") && err.contains(reason),
+            "{answer}: {err}"
+        );
+        // Nothing was started: the same generation serves on.
+        assert_eq!(report["Generation"], 1, "{report}");
+    }
+    assert!(d.docker(&["version"]).status.success());
+}
