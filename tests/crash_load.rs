@@ -75,21 +75,7 @@ fn worker_kill9_under_load_refuses_nobody_and_serves_again_quickly() {
     );
     eprintln!("respawn, from the daemon log:\n{}", startup_log(&d));
 
-    for o in ["refused", "connect_eagain", "connect_error", "timeout"] {
-        assert_eq!(report.count(o), 0, "{o} during the worker crash:\n{report}");
-    }
-    assert!(
-        sorted.unexplained.is_empty(),
-        "failures a crash does not explain: {:#?}\n{report}",
-        &sorted.unexplained[..sorted.unexplained.len().min(10)]
-    );
-    // A client has one request in flight at a time: at most one failure each.
-    assert!(
-        sorted.in_flight.len() <= 32,
-        "more failures than clients: {}",
-        sorted.in_flight.len()
-    );
-    assert!(report.leaked.is_empty(), "leaked: {:?}", report.leaked);
+    assert_only_in_flight_failed(&report, &sorted, 32, "the worker crash");
     assert!(
         serving_again < 1_000_000_000,
         "not serving again within 1 s of the kill: {:.1} ms\n{}",

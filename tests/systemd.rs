@@ -86,25 +86,7 @@ fn master_kill9_with_a_socket_held_by_systemd_refuses_nobody() {
     );
     eprintln!("from the daemon log:\n{}", startup_log(&d));
 
-    for o in ["refused", "connect_eagain", "connect_error", "timeout"] {
-        assert_eq!(
-            report.count(o),
-            0,
-            "{o} across the master's crash:\n{report}"
-        );
-    }
-    assert!(
-        sorted.unexplained.is_empty(),
-        "failures the crash does not explain: {:#?}\n{report}",
-        &sorted.unexplained[..sorted.unexplained.len().min(10)]
-    );
-    // A client has one request in flight at a time: at most one failure each.
-    assert!(
-        sorted.in_flight.len() <= 32,
-        "more failures than clients: {}",
-        sorted.in_flight.len()
-    );
-    assert!(report.leaked.is_empty(), "leaked: {:?}", report.leaked);
+    assert_only_in_flight_failed(&report, &sorted, 32, "the master's crash");
     assert_ne!(new_master, old_master);
     assert_eq!(
         running_pids(&d, "keep-"),

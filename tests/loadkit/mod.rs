@@ -252,6 +252,32 @@ pub fn sort_failures(records: &[Record], t_dead: u64) -> Sorted {
 }
 
 /// The first successful request that started at or after `t`: when it ended.
+/// The checks every crash under load must pass: no connection refused or timed out, only
+/// failures of requests in flight on the dead process (one per client at most), nothing
+/// leaked. `what` names the crash in the messages.
+pub fn assert_only_in_flight_failed(
+    report: &berth_load::Report,
+    sorted: &Sorted,
+    clients: usize,
+    what: &str,
+) {
+    for o in ["refused", "connect_eagain", "connect_error", "timeout"] {
+        assert_eq!(report.count(o), 0, "{o} during {what}:\n{report}");
+    }
+    assert!(
+        sorted.unexplained.is_empty(),
+        "failures {what} does not explain: {:#?}\n{report}",
+        &sorted.unexplained[..sorted.unexplained.len().min(10)]
+    );
+    // A client has one request in flight at a time: at most one failure each.
+    assert!(
+        sorted.in_flight.len() <= clients,
+        "more failures than clients: {}",
+        sorted.in_flight.len()
+    );
+    assert!(report.leaked.is_empty(), "leaked: {:?}", report.leaked);
+}
+
 pub fn first_ok_after(records: &[Record], t: u64) -> Option<u64> {
     records
         .iter()
