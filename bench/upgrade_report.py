@@ -127,6 +127,8 @@ def main():
     committed = sum(1 for r in ups if r.get("Result") == "committed")
     fc = [r["FreezeCutoverMs"] for r in ups if "FreezeCutoverMs" in r]
     qu = [r["QuiesceMs"] for r in ups if "QuiesceMs" in r]
+    tk = [r["TakeoverMs"] for r in ups if "TakeoverMs" in r]
+    held = [r["MutationsHeldMs"] for r in ups if "MutationsHeldMs" in r]
     handed = [r.get("ConnsHandedOver", 0) for r in ups if "ConnsHandedOver" in r]
     lost = sum(r.get("LostInFlight", 0) for r in ups)
 
@@ -138,14 +140,16 @@ def main():
     g = lambda s, f: f(s) if s else "-"  # noqa: E731
     row("containers running / clients", f"{n_ct} / {n_cl}", f"{n_ct} / {n_cl}")
     row("upgrades (committed) / restarts", f"{n_up} ({committed})", f"{n_rs}")
-    row("API unavailable per event, ms p50/p99/max",
+    row("freeze+cut-over (berthd) / API unavailable (dockerd), ms p50/p99/max",
         triple(fc, 2) + " (freeze+cut-over)", g(d, lambda s: triple(s["window_ms"]) + " (SIGTERM to _ping)"))
     row("longest gap w/o completion in window, ms", g(b, lambda s: triple(s["gaps"], 2)),
         g(d, lambda s: triple(s["gaps"])))
     row("window (whole upgrade / restart), ms p50/max",
         g(b, lambda s: f"{fmt(pct(s['window_ms'], .5))}/{fmt(pct(s['window_ms'], 1))}"),
         g(d, lambda s: f"{fmt(pct(s['window_ms'], .5))}/{fmt(pct(s['window_ms'], 1))}"))
-    row("mutations held (quiesce), ms p50/p99/max", triple(qu, 2), "n/a")
+    row("mutations held, ms p50/p99/max (reads answered)", triple(held, 2), "n/a")
+    row("  of which quiesce, ms p50/p99/max", triple(qu, 2), "n/a")
+    row("  of which take-over (store open), ms p50/p99/max", triple(tk, 2), "n/a")
     row("connections handed over per upgrade, p50/max",
         f"{fmt(pct(handed, .5), 0)}/{fmt(pct(handed, 1), 0)}", "n/a")
     row("refused connections (connect failed)", g(b, lambda s: str(s["connect_failed"])),
@@ -186,8 +190,9 @@ def main():
         for f in s["rep"]["failures"][:8]:
             print(f"  {name} {f['outcome']} {f['op']} {f['conn']}: {f['message']}")
     if b:
-        print("berthd per upgrade (FreezeCutoverMs/QuiesceMs/gap ms): "
-              + " ".join(f"{fmt(r.get('FreezeCutoverMs'))}/{fmt(r.get('QuiesceMs'))}/{gap:.1f}"
+        print("berthd per upgrade (FreezeCutoverMs/QuiesceMs/TakeoverMs/gap ms): "
+              + " ".join(f"{fmt(r.get('FreezeCutoverMs'))}/{fmt(r.get('QuiesceMs'))}/"
+                         f"{fmt(r.get('TakeoverMs'))}/{gap:.1f}"
                          for r, gap in zip(ups, b["gaps"])))
         for i, r in enumerate(ups, 1):
             if r.get("Result") != "committed":

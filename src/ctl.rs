@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use tokio::io::unix::AsyncFd;
 
 /// Version of this protocol; a master refuses a successor that does not speak it.
-pub const CTL_PROTOCOL_VERSION: u32 = 1;
+pub const CTL_PROTOCOL_VERSION: u32 = 2;
 
 /// Environment variable naming the worker's role (`worker` or `successor`).
 pub const ENV_ROLE: &str = "BERTH_ROLE";
@@ -38,6 +38,20 @@ pub enum Resume {
     },
 }
 
+/// A request read completely and handed over unanswered with its body, which travels as
+/// a file (the connection's second fd): one too big to re-encode in `leftover`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ParkedRequest {
+    /// `POST`, …
+    pub method: String,
+    /// The request target as the client sent it.
+    pub raw_target: String,
+    /// Lower-cased header names.
+    pub headers: std::collections::HashMap<String, String>,
+    /// Whether the connection stays open after the response.
+    pub keep_alive: bool,
+}
+
 /// A client connection travelling between generations.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ConnMsg {
@@ -47,6 +61,9 @@ pub struct ConnMsg {
     /// A response stream to continue instead of reading a request.
     #[serde(default)]
     pub resume: Option<Resume>,
+    /// A request to answer first (its body is the second fd), before `leftover`.
+    #[serde(default)]
+    pub request: Option<ParkedRequest>,
 }
 
 impl ConnMsg {
@@ -55,6 +72,7 @@ impl ConnMsg {
         ConnMsg {
             leftover: base64::engine::general_purpose::STANDARD.encode(bytes),
             resume,
+            request: None,
         }
     }
 
@@ -96,7 +114,17 @@ pub enum ToMaster {
     },
     /// A successor finished warming up and can take over.
     Warm,
-    /// The worker opened the store and accepts connections.
+    /// Answer to `Release`: mutations are quiesced and the store is closed (reads are still
+    /// answered), or `error` says why not (the generation serves on).
+    Released {
+        /// Milliseconds spent letting in-flight mutations finish (accepting meanwhile).
+        quiesce_ms: f64,
+        /// Why the store could not be released.
+        #[serde(default)]
+        error: Option<String>,
+    },
+    /// The worker opened the store and accepts connections (a successor told to `hold`
+    /// answers reads only, until `Serve`).
     Serving {
         /// Milliseconds from `TakeOver` (or process start) to accepting.
         startup_ms: f64,
@@ -121,16 +149,26 @@ pub enum ToMaster {
 /// Master → worker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum ToWorker {
-    /// Let in-flight mutations finish, stop accepting, hand connections over, flush.
+    /// Let in-flight mutations finish, then close the store and keep answering reads
+    /// (mutations are handed over); answered with `Released`.
+    Release,
+    /// Let in-flight mutations finish, stop accepting, hand connections over, flush. To a
+    /// held successor: the previous generation freezes now (fault injection only).
     Freeze,
-    /// Rollback: serve again.
+    /// Rollback: take the store back if it was released and serve again.
     Resume,
-    /// Successor: open the store and serve. `clean`: the previous generation froze and
+    /// Successor: open the store and serve. `clean`: the previous generation quiesced and
     /// left everything consistent (no kernel state to verify).
     TakeOver {
         /// Whether the previous generation handed over cleanly.
         clean: bool,
+        /// Answer reads only until `Serve` (the previous generation still answers reads).
+        #[serde(default)]
+        hold: bool,
     },
+    /// A held successor: the previous generation froze; serve mutations and do background
+    /// work.
+    Serve,
     /// A client connection (fd attached) to serve.
     Conn(ConnMsg),
     /// Leave: the next generation owns the store now.

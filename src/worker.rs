@@ -3,10 +3,13 @@
 //!
 //! A `worker` opens the store and serves at once (first start, or a respawn after a crash).
 //! A `successor` (live upgrade) warms up at low CPU priority while the current generation
-//! serves, reports `Warm`, and opens the store only when the master says `TakeOver` —
-//! after the previous generation froze, handed its connections over and exited.
-//! Every generation answers `Freeze` the same way: quiesce mutations, stop accepting,
-//! hand connections to the master, flush, then exit or resume as the master decides.
+//! serves and reports `Warm`. The current generation is then told to `Release`: it lets
+//! its mutations finish, closes the store and answers reads only. The successor, told to
+//! `TakeOver`, opens the store, reconnects to the shims and accepts connections, answering
+//! reads and holding mutations until `Serve`: the master sends that once the previous
+//! generation has `Freeze`d (stopped accepting, handed its connections over) — there is no
+//! moment in which no generation accepts, and no client reads an older state after a
+//! change. A rollback `Resume`s the previous generation, which takes the store back.
 
 use crate::config::Config;
 use crate::ctl::{self, Channel, ConnMsg, Resume, ToMaster, ToWorker};
@@ -20,10 +23,11 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Messages to the master, in order (connections before `Frozen`).
-pub type CtlOut = mpsc::UnboundedSender<(ToMaster, Option<OwnedFd>)>;
+pub type CtlOut = mpsc::UnboundedSender<(ToMaster, Vec<OwnedFd>)>;
 
 /// Injects the fault named in `BERTH_FAULT` when `point` matches (tests only): `exit`
-/// leaves at once, `panic` panics, `hang` stops making progress, `crash` aborts.
+/// leaves at once, `panic` panics, `hang` stops making progress, `delay` stalls for 3 s,
+/// `crash` aborts.
 pub fn fault(point: &str) {
     let Ok(spec) = std::env::var(ctl::ENV_FAULT) else {
         return;
@@ -41,6 +45,7 @@ pub fn fault(point: &str) {
         "hang" => loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         },
+        "delay" => std::thread::sleep(std::time::Duration::from_secs(3)),
         _ => std::process::abort(),
     }
 }
@@ -114,42 +119,39 @@ async fn serve(
                 berth_api::shim::SHIM_PROTOCOL_VERSION,
             ),
         },
-        None,
+        Vec::new(),
     ));
-    let mut clean = false;
+    let (mut clean, mut hold) = (false, false);
     if successor {
         fault("warmup");
-        let _ = out.send((ToMaster::Warm, None));
-        loop {
-            match ctl.recv::<ToWorker>().await {
-                Ok(Some((ToWorker::TakeOver { clean: c }, _))) => {
-                    clean = c;
-                    break;
-                }
-                Ok(Some((ToWorker::Freeze, _))) => {
-                    fault("freeze");
-                    let _ = out.send((ToMaster::Warm, None));
-                }
-                Ok(Some((other, _))) => anyhow::bail!("expected TakeOver, got {other:?}"),
-                Ok(None) => anyhow::bail!("the master went away before the take-over"),
-                Err(e) => return Err(e).context("read the master's take-over"),
-            }
+        let _ = out.send((ToMaster::Warm, Vec::new()));
+        match ctl.recv::<ToWorker>().await {
+            Ok(Some((ToWorker::TakeOver { clean: c, hold: h }, _))) => (clean, hold) = (c, h),
+            Ok(Some((other, _))) => anyhow::bail!("expected TakeOver, got {other:?}"),
+            Ok(None) => anyhow::bail!("the master went away before the take-over"),
+            Err(e) => return Err(e).context("read the master's take-over"),
         }
         fault("takeover");
         reset_priority();
     }
     let t0 = Instant::now();
     let gate = Gate::new();
+    if hold {
+        gate.set_phase(Phase::Held);
+    }
     let handed = Arc::new(AtomicUsize::new(0));
     {
         let out = out.clone();
         let handed = handed.clone();
-        gate.set_handoff(Arc::new(move |stream, bytes, resume| {
+        gate.set_handoff(Arc::new(move |h: http::gate::Handover| {
             handed.fetch_add(1, Ordering::SeqCst);
-            let _ = out.send((
-                ToMaster::Conn(ConnMsg::new(&bytes, resume)),
-                Some(OwnedFd::from(stream)),
-            ));
+            let mut msg = ConnMsg::new(&h.bytes, h.resume);
+            let mut fds = vec![OwnedFd::from(h.stream)];
+            if let Some((req, body)) = h.request {
+                msg.request = Some(req);
+                fds.push(body);
+            }
+            let _ = out.send((ToMaster::Conn(msg), fds));
         }));
     }
     let daemon = Daemon::open(config, gate.clone(), Some(out.clone()), clean).await?;
@@ -165,9 +167,11 @@ async fn serve(
         accepting.push(tokio::spawn(accept_loop(l, router.clone(), gate.clone())));
     }
     let startup_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    let _ = out.send((ToMaster::Serving { startup_ms }, None));
-    tracing::info!(generation, startup_ms, "worker serving");
-    fault("serving");
+    let _ = out.send((ToMaster::Serving { startup_ms }, Vec::new()));
+    tracing::info!(generation, startup_ms, hold, "worker serving");
+    if !hold {
+        fault("serving");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install SIGTERM handler")?;
     loop {
@@ -176,15 +180,32 @@ async fn serve(
             _ = term.recv() => Ok(None),
         };
         match msg {
-            Ok(Some((ToWorker::Conn(c), fds))) => {
-                if let Some(fd) = fds.into_iter().next() {
-                    adopt_conn(&router, &gate, fd, c);
+            Ok(Some((ToWorker::Conn(c), fds))) => adopt_conn(&router, &gate, fds, c),
+            Ok(Some((ToWorker::Release, _))) => {
+                let t_q = Instant::now();
+                let error = release(&daemon, &gate)
+                    .await
+                    .err()
+                    .map(|e| format!("{e:#}"));
+                let quiesce_ms = t_q.elapsed().as_secs_f64() * 1000.0;
+                if let Some(e) = &error {
+                    tracing::error!(error = %e, "release the store; serving on");
+                    gate.set_phase(Phase::Serving);
                 }
+                let _ = out.send((ToMaster::Released { quiesce_ms, error }, Vec::new()));
+            }
+            // A held successor hears when the previous generation freezes and acknowledges:
+            // the master tells the previous one to leave only while this one is alive.
+            Ok(Some((ToWorker::Freeze, _))) if gate.phase() == Phase::Held => {
+                fault("freeze");
+                let _ = out.send((ToMaster::Warm, Vec::new()));
             }
             Ok(Some((ToWorker::Freeze, _))) => {
                 let t_q = Instant::now();
-                gate.set_phase(Phase::Quiescing);
-                gate.mutations_done().await;
+                if gate.phase() == Phase::Serving {
+                    gate.set_phase(Phase::Quiescing);
+                    gate.mutations_done().await;
+                }
                 let quiesce_ms = t_q.elapsed().as_secs_f64() * 1000.0;
                 let t_f = Instant::now();
                 gate.set_phase(Phase::Frozen);
@@ -207,17 +228,31 @@ async fn serve(
                         quiesce_ms,
                         freeze_ms,
                     },
-                    None,
+                    Vec::new(),
                 ));
                 fault("frozen");
             }
             Ok(Some((ToWorker::Resume, _))) => {
                 tracing::warn!("upgrade rolled back; serving again");
+                if let Err(e) = daemon.store.reacquire().await {
+                    // Nothing can be written: leave, the master starts a worker that opens
+                    // the store afresh.
+                    tracing::error!(error = %format!("{e:#}"), "take the store back");
+                    std::process::exit(1);
+                }
                 gate.set_phase(Phase::Serving);
+            }
+            Ok(Some((ToWorker::Serve, _))) => {
+                gate.set_phase(Phase::Serving);
+                tracing::info!(
+                    generation,
+                    "serving mutations: the previous generation froze"
+                );
+                fault("serving");
             }
             Ok(Some((ToWorker::Exit, _))) => {
                 // Only a frozen generation is told to exit: nothing is in flight, the
-                // store is flushed, every connection was handed over.
+                // store is flushed or handed over, every connection was handed over.
                 tracing::info!(generation, "worker leaving; the next generation serves");
                 std::process::exit(0);
             }
@@ -242,11 +277,22 @@ async fn serve(
     }
 }
 
-/// Writes the queued messages to the master, each with its fd (closed once sent).
-async fn send_loop(
-    ctl: Arc<Channel>,
-    mut rx: mpsc::UnboundedReceiver<(ToMaster, Option<OwnedFd>)>,
-) {
+/// Hands the store to the next generation: new mutations are parked, admitted ones (and
+/// background work) finish, background work stops, then the store is flushed and closed.
+/// Reads go on being answered throughout.
+async fn release(daemon: &Daemon, gate: &Gate) -> anyhow::Result<()> {
+    gate.set_phase(Phase::Quiescing);
+    gate.mutations_done().await;
+    // Background work admitted while quiescing finished; none starts from here on.
+    gate.set_phase(Phase::Released);
+    gate.mutations_done().await;
+    daemon.store.release().context("close the store")?;
+    tracing::info!("store released to the next generation; answering reads only");
+    Ok(())
+}
+
+/// Writes the queued messages to the master, each with its fds (closed once sent).
+async fn send_loop(ctl: Arc<Channel>, mut rx: mpsc::UnboundedReceiver<(ToMaster, Vec<OwnedFd>)>) {
     while let Some((msg, fd)) = rx.recv().await {
         let fds: Vec<i32> = fd.iter().map(|f| f.as_raw_fd()).collect();
         if let Err(e) = ctl.send(&msg, &fds).await {
@@ -289,8 +335,11 @@ async fn accept_loop(l: tokio::net::UnixListener, router: Arc<Router>, gate: Arc
     }
 }
 
-/// Serves a connection handed over by the previous generation.
-fn adopt_conn(router: &Arc<Router>, gate: &Arc<Gate>, fd: OwnedFd, msg: ConnMsg) {
+/// Serves a connection handed over by the previous generation (`fds`: the socket, then the
+/// body file of a parked request).
+fn adopt_conn(router: &Arc<Router>, gate: &Arc<Gate>, fds: Vec<OwnedFd>, msg: ConnMsg) {
+    let mut fds = fds.into_iter();
+    let Some(fd) = fds.next() else { return };
     let std_stream = std::os::unix::net::UnixStream::from(fd);
     if let Err(e) = std_stream.set_nonblocking(true) {
         tracing::warn!(error = %e, "adopted connection");
@@ -299,12 +348,22 @@ fn adopt_conn(router: &Arc<Router>, gate: &Arc<Gate>, fd: OwnedFd, msg: ConnMsg)
     let Ok(stream) = tokio::net::UnixStream::from_std(std_stream) else {
         return;
     };
+    let body = fds.next().map(std::fs::File::from);
     let router = router.clone();
     let gate = gate.clone();
     let guard = gate.enter_conn();
     tokio::spawn(async move {
-        match msg.resume {
-            Some(Resume::Events { query, after_seq }) => {
+        let bytes = match msg.bytes() {
+            Ok(b) => b,
+            // Dropping it closes the client's connection: better than answering a request
+            // other than the one it sent.
+            Err(e) => {
+                tracing::error!(error = %e, "decode the bytes of a handed-over connection");
+                return;
+            }
+        };
+        match (msg.resume, msg.request, body) {
+            (Some(Resume::Events { query, after_seq }), _, _) => {
                 match crate::server::events::resumable_stream(router.daemon(), &query, after_seq) {
                     Ok((rx, r)) => {
                         http::continue_stream(stream, &*router, &gate, rx, r, guard).await
@@ -312,14 +371,14 @@ fn adopt_conn(router: &Arc<Router>, gate: &Arc<Gate>, fd: OwnedFd, msg: ConnMsg)
                     Err(e) => tracing::warn!(error = %e, "resume an events stream"),
                 }
             }
-            None => match msg.bytes() {
-                Ok(bytes) => http::serve_conn(stream, &*router, &gate, bytes, guard).await,
-                // Dropping it closes the client's connection: better than answering a
-                // request other than the one it sent.
-                Err(e) => {
-                    tracing::error!(error = %e, "decode the bytes of a handed-over connection")
-                }
-            },
+            (None, Some(req), Some(body)) => {
+                tracing::debug!(method = %req.method, target = %req.raw_target, "answering a request handed over with its body");
+                http::serve_parked(stream, &*router, &gate, req, body, bytes, guard).await
+            }
+            (None, Some(_), None) => {
+                tracing::error!("a handed-over request came without its body");
+            }
+            (None, None, _) => http::serve_conn(stream, &*router, &gate, bytes, guard).await,
         }
     });
 }

@@ -122,7 +122,12 @@ fn failed_upgrades_roll_back_and_the_daemon_serves_on() {
             "did not warm up",
             false,
         ),
-        ("freeze:crash", &[], "during the freeze", false),
+        // After the old generation closed the store, before the new one accepts: the old
+        // one takes the store back.
+        ("takeover:crash", &[], "before it served", false),
+        // The new generation accepts already (reads) while the old one freezes: what it
+        // had accepted is lost with it, the old one takes the store back.
+        ("freeze:crash", &[], "during the freeze", true),
         ("serving:crash", &[], "cut-over", true),
     ];
     for (fault, extra, reason, may_lose_in_flight) in cases {
@@ -238,16 +243,16 @@ fn preflight_refuses_a_binary_that_cannot_take_over() {
     use std::os::unix::fs::PermissionsExt;
     let cases = [
         (
-            r#"{"version":"0","store_format":0,"shim_protocol":[1,1],"ctl_protocol":1}"#,
+            r#"{"version":"0","store_format":0,"shim_protocol":[1,1],"ctl_protocol":2}"#,
             "reads store format 0",
         ),
         (
-            r#"{"version":"9","store_format":9,"shim_protocol":[7,8],"ctl_protocol":1}"#,
+            r#"{"version":"9","store_format":9,"shim_protocol":[7,8],"ctl_protocol":2}"#,
             "speaks shim protocol 7..=8",
         ),
         (
-            r#"{"version":"9","store_format":9,"shim_protocol":[1,9],"ctl_protocol":2}"#,
-            "control protocol 2",
+            r#"{"version":"9","store_format":9,"shim_protocol":[1,9],"ctl_protocol":99}"#,
+            "control protocol 99",
         ),
         ("not json", "unreadable answer"),
     ];

@@ -126,14 +126,68 @@ fn a_long_load_is_finished_by_the_old_generation() {
     let out = load.wait_with_output().expect("docker load");
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        common::tail(&d.log(), 40)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Loaded image: big:one"));
     assert_eq!(
         d.ok(&["image", "ls", "-q", "big:one"]).lines().count(),
         1,
         "the loaded image is known to the new generation"
+    );
+}
+
+#[test]
+fn an_upload_after_the_store_was_handed_over_is_carried_over_whole() {
+    let Some(d) = daemon_with_image() else { return };
+    // An image archive of ~1 MiB or more: too big to re-encode, it travels as a file.
+    let saved = d.path("carried.tar");
+    d.ok(&["tag", "bb:test", "bb:carried"]);
+    d.ok(&[
+        "save",
+        "-o",
+        saved.to_str().unwrap_or_default(),
+        "bb:carried",
+    ]);
+    d.ok(&["rmi", "bb:carried"]);
+    assert!(std::fs::metadata(&saved).map(|m| m.len()).unwrap_or(0) > 200 << 10);
+    // The new generation stalls 3 s before it opens the store: the old one has released it
+    // and answers reads only, so the load must be handed over.
+    let upgrade = Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .args([
+            "upgrade",
+            "-H",
+            &d.host(),
+            "--json",
+            "--fault",
+            "takeover:delay",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("berthd upgrade");
+    common::until("the old generation to release the store", || {
+        d.log().contains("store released to the next generation")
+    });
+    let out = d.ok(&["load", "-i", saved.to_str().unwrap_or_default()]);
+    assert!(out.contains("Loaded image: bb:carried"), "{out}");
+    let up = upgrade.wait_with_output().expect("berthd upgrade");
+    assert!(
+        up.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&up.stderr),
+        common::tail(&d.log(), 40)
+    );
+    assert!(
+        d.log()
+            .contains("answering a request handed over with its body"),
+        "the load was not carried over whole:\n{}",
+        common::tail(&d.log(), 40)
+    );
+    assert_eq!(
+        d.ok(&["image", "ls", "-q", "bb:carried"]).lines().count(),
+        1
     );
 }
 

@@ -44,13 +44,17 @@ impl Containers {
                     }
                     return;
                 }
+                // Announced by the generation that owns the store (a released one waits:
+                // the next one, subscribed too, announces it).
                 ShimEvent::Oom => {
+                    let _bg = self.background().await;
                     if let Ok(rec) = self.lookup(&id) {
                         self.event(&rec, "oom", &[]);
                         oom_announced = true;
                     }
                 }
                 ShimEvent::ExecExit { exec_id, code } => {
+                    let _bg = self.background().await;
                     self.execs.finished(&exec_id, code);
                     if let Ok(rec) = self.lookup(&id) {
                         // Unlike exec_create/exec_start, dockerd's exec_die carries no command.

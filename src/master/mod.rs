@@ -67,7 +67,8 @@ pub struct Master {
     workers: HashMap<i32, Worker>,
     active: Option<i32>,
     generation: u64,
-    pending: VecDeque<(ConnMsg, OwnedFd)>,
+    /// Handed-over connections (the socket, then a parked request's body file, if any).
+    pending: VecDeque<(ConnMsg, Vec<OwnedFd>)>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     notified_ready: bool,
@@ -259,14 +260,15 @@ impl Master {
             ToMaster::Conn(c) => {
                 // A connection outside an upgrade (a worker that froze on its own):
                 // give it to whoever serves.
-                if let Some(fd) = fds.into_iter().next() {
-                    self.pending.push_back((c, fd));
-                }
+                self.park(c, fds);
                 if let (Some(a), false) = (self.active, self.upgrading) {
                     self.flush_pending(a).await;
                 }
             }
-            ToMaster::Upgrade(_) | ToMaster::Warm | ToMaster::Frozen { .. } => {}
+            ToMaster::Upgrade(_)
+            | ToMaster::Warm
+            | ToMaster::Released { .. }
+            | ToMaster::Frozen { .. } => {}
         }
     }
 
@@ -277,14 +279,22 @@ impl Master {
         }
     }
 
+    /// Keeps a handed-over connection for the generation that serves next.
+    pub(crate) fn park(&mut self, c: ConnMsg, fds: Vec<OwnedFd>) {
+        if !fds.is_empty() {
+            self.pending.push_back((c, fds));
+        }
+    }
+
     /// Sends the connections waiting in the master to worker `pid`.
     pub(crate) async fn flush_pending(&mut self, pid: i32) {
         let Some(w) = self.workers.get(&pid) else {
             return;
         };
         let ctl = w.ctl.clone();
-        while let Some((c, fd)) = self.pending.pop_front() {
-            if let Err(e) = ctl.send(&ToWorker::Conn(c), &[fd.as_raw_fd()]).await {
+        while let Some((c, fds)) = self.pending.pop_front() {
+            let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            if let Err(e) = ctl.send(&ToWorker::Conn(c), &raw).await {
                 tracing::error!(pid, error = %e, "hand a connection to the worker");
             }
         }

@@ -1,10 +1,14 @@
 //! Live upgrade of the worker (DESIGN "Live upgrade"; research/hot-restart.md §6.5):
 //! preflight → spawn the successor at low priority → warm-up while the active generation
-//! serves → freeze (quiesce mutations, stop accepting, hand connections over, flush) →
-//! cut-over (the old generation exits, the successor opens the store and accepts) →
-//! probation → commit. Every failure rolls back: before the cut-over the old generation
-//! resumes; after it, a worker of the old binary is started in its place. The caller gets
-//! a JSON report on the connection it sent `POST /berth/upgrade` on.
+//! serves → release (the old generation lets its mutations finish, parks new ones, closes
+//! the store and answers reads only) → take-over (the successor opens the store,
+//! reconnects to the shims and accepts, answering reads and holding mutations) → freeze
+//! and cut-over (the old generation stops accepting and hands its connections over; the
+//! successor serves mutations) → probation → commit. Some generation accepts connections
+//! at every moment, and reads are answered throughout. Every failure rolls back: until the
+//! old generation leaves it takes the store back and serves on; after that, a worker of the
+//! old binary is started in its place. The caller gets a JSON report on the connection it
+//! sent `POST /berth/upgrade` on.
 
 use super::spawn::Role;
 use super::{Event, Master};
@@ -38,10 +42,19 @@ pub struct Report {
     pub preflight_ms: f64,
     /// Milliseconds of warm-up.
     pub warmup_ms: f64,
-    /// Milliseconds during which mutations were held back (reads were answered).
+    /// Milliseconds the old generation took to let its in-flight mutations finish before
+    /// it closed the store (new mutations were parked, reads answered).
     pub quiesce_ms: f64,
-    /// Milliseconds during which no connection was accepted: freeze plus cut-over.
+    /// Milliseconds the new generation took to open the store, reconnect to the shims and
+    /// accept (the old one answered reads, mutations waited).
+    pub takeover_ms: f64,
+    /// Milliseconds from the freeze order to the old generation until the new one serves
+    /// mutations: the old one stops accepting, finishes the reads it admitted and hands its
+    /// connections over, while the new one already accepts and answers reads.
     pub freeze_cutover_ms: f64,
+    /// Milliseconds during which mutations waited: quiesce, take-over, freeze and cut-over.
+    /// Reads were answered all along, and some generation accepted connections.
+    pub mutations_held_ms: f64,
     /// Connections handed from the old generation to the new one.
     pub conns_handed_over: usize,
 }
@@ -166,164 +179,159 @@ async fn attempt(
         }
     }
     report.warmup_ms = ms(t);
-    // FREEZE
-    let t_freeze = Instant::now();
-    send(m, old, ToWorker::Freeze).await;
-    // The successor learns of the freeze too (it only matters to fault injection).
-    send(m, new, ToWorker::Freeze).await;
+    // RELEASE: the old generation lets its mutations finish (new ones are parked here)
+    // and closes the store; it answers reads throughout.
+    let t_held = Instant::now();
+    send(m, old, ToWorker::Release).await;
     let deadline = Instant::now() + QUIESCE_TIMEOUT;
     let mut old_alive = true;
-    // The successor answers the freeze notice with `Warm`: proof that it is alive and
-    // responsive right before the point of no return.
-    let mut successor_ready = false;
     loop {
         match m.next_event(deadline).await {
             None => {
                 kill(new);
-                send(m, old, ToWorker::Resume).await;
-                m.flush_pending(old).await;
-                return Err("in-flight requests did not finish in time for the freeze".into());
+                let why = "in-flight requests did not finish in time for the hand-over";
+                return Err(resume(m, old, why.into()).await);
             }
-            Some(Event::Msg(pid, ToMaster::Warm, _)) if pid == new => successor_ready = true,
-            Some(Event::Msg(pid, ToMaster::Conn(c), fds)) if pid == old => {
-                if let Some(fd) = fds.into_iter().next() {
-                    m.pending.push_back((c, fd));
-                }
-            }
-            Some(Event::Msg(
-                pid,
-                ToMaster::Frozen {
-                    conns, quiesce_ms, ..
-                },
-                _,
-            )) if pid == old => {
-                report.conns_handed_over = conns;
+            Some(Event::Msg(pid, ToMaster::Conn(c), fds)) if pid == old => m.park(c, fds),
+            Some(Event::Msg(pid, ToMaster::Released { quiesce_ms, error }, _)) if pid == old => {
                 report.quiesce_ms = quiesce_ms;
+                if let Some(e) = error {
+                    // It serves on with the store it kept.
+                    kill(new);
+                    m.flush_pending(old).await;
+                    return Err(format!(
+                        "the serving worker could not hand the store over: {e}"
+                    ));
+                }
                 break;
             }
             Some(Event::Exited(pid, status)) if pid == new => {
                 m.workers.remove(&new);
-                send(m, old, ToWorker::Resume).await;
-                m.flush_pending(old).await;
-                return Err(format!("the new worker died during the freeze ({status})"));
+                let why = format!("the new worker died during the hand-over ({status})");
+                return Err(resume(m, old, why).await);
             }
             Some(Event::Exited(pid, status)) if pid == old => {
-                tracing::error!(%status, "the old worker died during the freeze");
+                tracing::error!(%status, "the old worker died during the hand-over");
                 m.workers.remove(&old);
                 old_alive = false;
                 break;
             }
             Some(ev) => {
                 if let Some(e) = other(m, ev, new, old).await {
-                    return Err(format!("{e} during the freeze"));
+                    return Err(format!("{e} during the hand-over"));
                 }
             }
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while old_alive && !successor_ready {
-        match m.next_event(deadline).await {
-            Some(Event::Msg(pid, ToMaster::Warm, _)) if pid == new => successor_ready = true,
-            Some(Event::Exited(pid, _)) if pid == new => {
-                m.workers.remove(&new);
-                break;
-            }
-            Some(Event::Msg(pid, ToMaster::Conn(c), fds)) if pid == old => {
-                if let Some(fd) = fds.into_iter().next() {
-                    m.pending.push_back((c, fd));
-                }
-            }
-            Some(ev) => {
-                if let Some(e) = other(m, ev, new, old).await {
-                    return Err(format!("{e} during the freeze"));
-                }
-            }
-            None => {
-                kill(new);
-                break;
-            }
-        }
-    }
-    let t_frozen = Instant::now();
-    if old_alive && (!successor_ready || has_exited(new)) {
-        // The successor died while the old generation froze (its exit may not have been
-        // reaped yet): the old generation resumes.
-        send(m, old, ToWorker::Resume).await;
-        m.flush_pending(old).await;
-        return Err("the new worker died during the freeze".into());
-    }
-    // CUT-OVER: the old generation leaves (releasing the store) while the new one is told
-    // to take over at once: it opens the store as soon as the lock is free, without waiting
-    // for the master to notice the old generation's exit. Done when the old generation is
-    // gone and the new one serves, in either order.
-    if old_alive {
-        send(m, old, ToWorker::Exit).await;
-    }
-    m.active = Some(new);
-    send(m, new, ToWorker::TakeOver { clean: old_alive }).await;
-    let (mut old_gone, mut serving) = (!old_alive, false);
-    let mut old_deadline = Instant::now() + Duration::from_secs(5);
+    // TAKE-OVER: the new generation opens the store, reconnects to the shims and accepts;
+    // while the old one still answers reads, it answers reads too and holds mutations.
+    let t_take = Instant::now();
+    send(
+        m,
+        new,
+        ToWorker::TakeOver {
+            clean: old_alive,
+            hold: old_alive,
+        },
+    )
+    .await;
     let deadline = Instant::now() + CUTOVER_TIMEOUT;
-    while !(old_gone && serving) {
-        let wait_until = if old_gone {
-            deadline
-        } else {
-            old_deadline.min(deadline)
-        };
-        match m.next_event(wait_until).await {
-            None if !old_gone && Instant::now() >= old_deadline => {
-                // It did not leave when told: kill it, then wait for the reaper to see it.
-                kill(old);
-                old_deadline = Instant::now() + Duration::from_secs(5);
-            }
+    loop {
+        match m.next_event(deadline).await {
             None => {
                 kill(new);
-                return rollback_cold(
-                    m,
-                    old_binary,
-                    "the new worker did not take over in time".into(),
-                )
-                .await;
-            }
-            Some(Event::Exited(pid, _)) if pid == old => {
-                m.workers.remove(&old);
-                old_gone = true;
-                tracing::debug!(old_exit_ms = ms(t_frozen), "old generation gone");
+                let why = "the new worker did not take over in time".to_string();
+                return back_to_old(m, old_alive, old, old_binary, why).await;
             }
             Some(Event::Msg(pid, ToMaster::Serving { .. }, _)) if pid == new => {
-                serving = true;
-                report.freeze_cutover_ms = ms(t_freeze) - report.quiesce_ms;
-                tracing::debug!(takeover_ms = ms(t_frozen), "new generation serving");
                 m.mark_serving(new);
                 m.flush_pending(new).await;
+                break;
             }
-            // A connection the old generation still hands over waits for the new one
-            // (`other` would flush every pending connection back to the leaving one).
-            Some(Event::Msg(pid, ToMaster::Conn(c), fds)) if pid == old => {
-                if let Some(fd) = fds.into_iter().next() {
-                    m.pending.push_back((c, fd));
-                }
-                if serving {
-                    m.flush_pending(new).await;
-                }
-            }
+            Some(Event::Msg(pid, ToMaster::Conn(c), fds)) if pid == old => m.park(c, fds),
             Some(Event::Exited(pid, status)) if pid == new => {
                 m.workers.remove(&new);
-                return rollback_cold(
-                    m,
-                    old_binary,
-                    format!("the new worker died during the cut-over ({status})"),
-                )
-                .await;
+                let why = format!("the new worker died before it served ({status})");
+                return back_to_old(m, old_alive, old, old_binary, why).await;
+            }
+            Some(Event::Exited(pid, status)) if pid == old => {
+                tracing::error!(%status, "the old worker died during the take-over");
+                m.workers.remove(&old);
+                old_alive = false;
             }
             Some(ev) => {
                 if let Some(e) = other(m, ev, new, old).await {
-                    return Err(e);
+                    return Err(format!("{e} during the take-over"));
                 }
             }
         }
     }
-    // PROBATION
+    report.takeover_ms = ms(t_take);
+    // FREEZE + CUT-OVER: the old generation stops accepting, finishes the reads it
+    // admitted and hands its connections over (straight to the new one, which accepts
+    // already); then the new one serves mutations. The new one acknowledges the freeze
+    // notice: proof that it is alive right before the old one is told to leave.
+    let t_freeze = Instant::now();
+    if old_alive {
+        send(m, old, ToWorker::Freeze).await;
+        send(m, new, ToWorker::Freeze).await;
+        let (mut frozen, mut acked) = (false, false);
+        let deadline = Instant::now() + QUIESCE_TIMEOUT;
+        while !(frozen && acked) {
+            match m.next_event(deadline).await {
+                None if !frozen => {
+                    tracing::error!("the old worker did not freeze in time: killing it");
+                    kill(old);
+                    frozen = true;
+                }
+                None => break,
+                Some(Event::Msg(pid, ToMaster::Warm, _)) if pid == new => acked = true,
+                Some(Event::Msg(pid, ToMaster::Conn(c), fds)) if pid == old => {
+                    m.park(c, fds);
+                    m.flush_pending(new).await;
+                }
+                Some(Event::Msg(pid, ToMaster::Frozen { conns, .. }, _)) if pid == old => {
+                    report.conns_handed_over = conns;
+                    frozen = true;
+                }
+                Some(Event::Exited(pid, _)) if pid == old => {
+                    m.workers.remove(&old);
+                    old_alive = false;
+                    frozen = true;
+                }
+                Some(Event::Exited(pid, status)) if pid == new => {
+                    m.workers.remove(&new);
+                    let why = format!("the new worker died during the freeze ({status})");
+                    return back_to_old(m, old_alive, old, old_binary, why).await;
+                }
+                Some(ev) => {
+                    if let Some(e) = other(m, ev, new, old).await {
+                        return Err(format!("{e} during the freeze"));
+                    }
+                }
+            }
+        }
+        if !acked || has_exited(new) {
+            // Its exit may not have been reaped yet.
+            kill(new);
+            let why = "the new worker died during the freeze".to_string();
+            return back_to_old(m, old_alive, old, old_binary, why).await;
+        }
+        if old_alive {
+            send(m, old, ToWorker::Exit).await;
+        }
+    }
+    m.active = Some(new);
+    send(m, new, ToWorker::Serve).await;
+    report.freeze_cutover_ms = ms(t_freeze);
+    report.mutations_held_ms = ms(t_held);
+    tracing::debug!(
+        quiesce_ms = report.quiesce_ms,
+        takeover_ms = report.takeover_ms,
+        freeze_cutover_ms = report.freeze_cutover_ms,
+        "cut over"
+    );
+    // PROBATION (the old generation leaves meanwhile)
     let probation = params
         .probation_ms
         .map(Duration::from_millis)
@@ -341,12 +349,26 @@ async fn attempt(
                 )
                 .await;
             }
+            Some(Event::Exited(pid, _)) if pid == old => {
+                m.workers.remove(&old);
+            }
+            Some(Event::Msg(pid, ToMaster::Conn(c), fds)) if pid == old => {
+                m.park(c, fds);
+                m.flush_pending(new).await;
+            }
             Some(ev) => {
                 if let Some(e) = other(m, ev, new, old).await {
                     return Err(e);
                 }
             }
         }
+    }
+    if m.workers.contains_key(&old) {
+        tracing::warn!(
+            pid = old,
+            "the old worker did not leave when told: killing it"
+        );
+        kill(old);
     }
     // COMMIT
     m.binary = binary.clone();
@@ -392,6 +414,30 @@ async fn other(m: &mut Master, ev: Event, new: i32, old: i32) -> Option<String> 
             let _ = m.events_tx.send(Event::Stop);
             Some("the daemon is stopping".into())
         }
+    }
+}
+
+/// Rollback before the old generation left: it takes the store back (if it had released
+/// it) and serves the connections waiting here. Returns `why`.
+async fn resume(m: &mut Master, old: i32, why: String) -> String {
+    send(m, old, ToWorker::Resume).await;
+    m.flush_pending(old).await;
+    why
+}
+
+/// Rollback after the old generation released the store: it resumes if it still runs,
+/// else a worker of the old binary is started.
+async fn back_to_old(
+    m: &mut Master,
+    old_alive: bool,
+    old: i32,
+    old_binary: PathBuf,
+    why: String,
+) -> Result<(), String> {
+    if old_alive {
+        Err(resume(m, old, why).await)
+    } else {
+        rollback_cold(m, old_binary, why).await
     }
 }
 

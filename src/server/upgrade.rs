@@ -46,7 +46,7 @@ pub fn upgrade(d: &Arc<Daemon>, req: &Request) -> Result<Response, ApiError> {
                     Ok(s) => {
                         let _ = out.send((
                             crate::ctl::ToMaster::Upgrade(params),
-                            Some(std::os::fd::OwnedFd::from(s)),
+                            vec![std::os::fd::OwnedFd::from(s)],
                         ));
                     }
                     Err(e) => tracing::warn!(error = %e, "detach the upgrade connection"),

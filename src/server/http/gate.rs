@@ -4,8 +4,15 @@
 //! * `Serving`: every request is admitted.
 //! * `Quiescing`: the generation still accepts and answers reads, but a new mutation
 //!   (anything but GET/HEAD) is *parked*: its connection, with the request re-encoded in
-//!   front of any bytes read ahead, goes to the next generation, which answers it. The
-//!   mutations already admitted finish.
+//!   front of any bytes read ahead (or, for a big upload, with its spooled body file),
+//!   goes to the next generation, which answers it. The
+//!   mutations already admitted finish, and so does background work (an exit to record).
+//! * `Released`: the store was handed to the next generation: reads are still answered
+//!   (from what this one knows; nothing changes meanwhile), mutations are parked and
+//!   background work waits (for a rollback, or for ever: the next generation does it).
+//! * `Held` (a successor that took the store over while the previous generation still
+//!   answers reads): reads are answered; mutations and background work wait until the
+//!   previous generation has frozen, so that no client reads an older state after a change.
 //! * `Frozen`: nothing new is admitted; idle connections and every new request are
 //!   handed over; the generation waits for the requests it admitted, then stops.
 //!
@@ -13,7 +20,8 @@
 //! before it reads them, so a request is either counted or handed over, never lost.
 
 use super::Request;
-use crate::ctl::Resume;
+use crate::ctl::{ParkedRequest, Resume};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{watch, Notify};
@@ -26,15 +34,31 @@ pub const MAX_PARKED: usize = 96 * 1024;
 pub enum Phase {
     /// Normal service.
     Serving,
-    /// Mutations are handed over; reads are answered.
+    /// Mutations are handed over; reads are answered; background work runs.
     Quiescing,
+    /// The store is handed over: reads are answered, mutations handed over, background
+    /// work waits.
+    Released,
+    /// Took the store over: reads are answered, mutations and background work wait.
+    Held,
     /// Everything is handed over.
     Frozen,
 }
 
-/// Takes a client connection (and the bytes to replay) away from this generation.
-pub type HandOff =
-    Arc<dyn Fn(std::os::unix::net::UnixStream, Vec<u8>, Option<Resume>) + Send + Sync>;
+/// A client connection leaving this generation.
+pub struct Handover {
+    /// The client socket.
+    pub stream: std::os::unix::net::UnixStream,
+    /// Bytes to replay before reading from the socket (after `request`, if any).
+    pub bytes: Vec<u8>,
+    /// A response stream to continue.
+    pub resume: Option<Resume>,
+    /// A request to answer first, with its body file.
+    pub request: Option<(ParkedRequest, OwnedFd)>,
+}
+
+/// Takes a client connection away from this generation.
+pub type HandOff = Arc<dyn Fn(Handover) + Send + Sync>;
 
 /// Shared by the accept loops, the connections and the background tasks of a worker.
 pub struct Gate {
@@ -84,6 +108,9 @@ pub enum Admission {
     Admit(Admitted),
     /// Hand the connection over with these bytes.
     Park(Vec<u8>),
+    /// Hand the connection over with the request and its body as a file (too big to
+    /// re-encode).
+    ParkWhole,
 }
 
 impl Gate {
@@ -145,12 +172,28 @@ impl Gate {
         bytes: Vec<u8>,
         resume: Option<Resume>,
     ) -> Result<(), tokio::net::UnixStream> {
+        self.hand_off_with(stream, bytes, resume, None)
+    }
+
+    /// [`Gate::hand_off`] with a request to answer first and its body file.
+    pub fn hand_off_with(
+        &self,
+        stream: tokio::net::UnixStream,
+        bytes: Vec<u8>,
+        resume: Option<Resume>,
+        request: Option<(ParkedRequest, OwnedFd)>,
+    ) -> Result<(), tokio::net::UnixStream> {
         let Some(f) = self.handoff.get().filter(|_| !self.is_orphaned()) else {
             return Err(stream);
         };
         match stream.into_std() {
-            Ok(s) => {
-                f(s, bytes, resume);
+            Ok(stream) => {
+                f(Handover {
+                    stream,
+                    bytes,
+                    resume,
+                    request,
+                });
                 Ok(())
             }
             Err(e) => {
@@ -160,9 +203,13 @@ impl Gate {
         }
     }
 
-    /// Decides about a request that was read completely.
-    pub fn admit(self: &Arc<Self>, req: &Request) -> Admission {
+    /// Decides about a request that was read completely (a mutation waits while the
+    /// generation is `Held`).
+    pub async fn admit(self: &Arc<Self>, req: &Request) -> Admission {
         let mutation = !matches!(req.method.as_str(), "GET" | "HEAD");
+        if mutation && self.phase() == Phase::Held {
+            let _ = self.watch().wait_for(|p| *p != Phase::Held).await;
+        }
         self.requests.fetch_add(1, Ordering::SeqCst);
         if mutation {
             self.mutations.fetch_add(1, Ordering::SeqCst);
@@ -174,21 +221,25 @@ impl Gate {
         };
         let park = match self.phase() {
             Phase::Serving => false,
-            Phase::Quiescing => mutation,
+            Phase::Quiescing | Phase::Released => mutation,
+            Phase::Held => false,
             Phase::Frozen => true,
         };
         if park && self.can_hand_off() {
-            if let Some(bytes) = req.encode() {
-                drop(admitted);
-                return Admission::Park(bytes);
-            }
+            drop(admitted);
+            // One too big to re-encode (an image upload) goes over with its body file.
+            return match req.encode() {
+                Some(bytes) => Admission::Park(bytes),
+                None => Admission::ParkWhole,
+            };
         }
         Admission::Admit(admitted)
     }
 
-    /// Admits a background mutation (an exit to record, a restart to apply) unless the
-    /// generation is frozen (`None`: the work is left to the next generation). While
-    /// quiescing they still run: an admitted `stop` waits for the exit its monitor records.
+    /// Admits a background mutation (an exit to record, a restart to apply) while the
+    /// generation owns the store and may change it (`None`: the work waits, or is left to
+    /// the next generation). While quiescing they still run: an admitted `stop` waits for
+    /// the exit its monitor records.
     pub fn begin_internal(self: &Arc<Self>) -> Option<Admitted> {
         self.mutations.fetch_add(1, Ordering::SeqCst);
         let admitted = Admitted {
@@ -196,7 +247,7 @@ impl Gate {
             mutation: true,
             request: false,
         };
-        (self.phase() != Phase::Frozen).then_some(admitted)
+        matches!(self.phase(), Phase::Serving | Phase::Quiescing).then_some(admitted)
     }
 
     /// Counts a connection task (a frozen generation waits until each one has ended or
@@ -251,20 +302,20 @@ mod tests {
     #[tokio::test]
     async fn quiescing_parks_mutations_and_waits_for_admitted_ones() {
         let gate = Gate::new();
-        gate.set_handoff(Arc::new(|_, _, _| {}));
-        let Admission::Admit(running) = gate.admit(&req("POST")) else {
+        gate.set_handoff(Arc::new(|_| {}));
+        let Admission::Admit(running) = gate.admit(&req("POST")).await else {
             panic!("serving must admit");
         };
         gate.set_phase(Phase::Quiescing);
-        assert!(matches!(gate.admit(&req("GET")), Admission::Admit(_)));
-        match gate.admit(&req("POST")) {
+        assert!(matches!(gate.admit(&req("GET")).await, Admission::Admit(_)));
+        match gate.admit(&req("POST")).await {
             Admission::Park(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
                 assert!(text.starts_with("POST /v1.41/containers/create?name=x HTTP/1.1\r\n"));
                 assert!(text.contains("content-length: 2\r\n"));
                 assert!(text.ends_with("\r\n\r\n{}"));
             }
-            Admission::Admit(_) => panic!("a mutation must be parked while quiescing"),
+            _ => panic!("a small mutation must be parked re-encoded while quiescing"),
         }
         let internal = gate.begin_internal();
         assert!(internal.is_some());
@@ -282,24 +333,70 @@ mod tests {
             .and_then(Result::ok)
             .expect("mutations_done after the last admitted mutation ended");
         gate.set_phase(Phase::Frozen);
-        assert!(matches!(gate.admit(&req("GET")), Admission::Park(_)));
+        assert!(matches!(gate.admit(&req("GET")).await, Admission::Park(_)));
         assert!(gate.begin_internal().is_none());
     }
 
     #[tokio::test]
     async fn an_orphaned_gate_parks_nothing() {
         let gate = Gate::new();
-        gate.set_handoff(Arc::new(|_, _, _| {}));
+        gate.set_handoff(Arc::new(|_| {}));
         gate.set_phase(Phase::Frozen);
-        assert!(matches!(gate.admit(&req("GET")), Admission::Park(_)));
+        assert!(matches!(gate.admit(&req("GET")).await, Admission::Park(_)));
         gate.orphan();
-        assert!(matches!(gate.admit(&req("POST")), Admission::Admit(_)));
+        assert!(matches!(
+            gate.admit(&req("POST")).await,
+            Admission::Admit(_)
+        ));
     }
 
     #[tokio::test]
     async fn without_a_hand_off_nothing_is_parked() {
         let gate = Gate::new();
         gate.set_phase(Phase::Frozen);
-        assert!(matches!(gate.admit(&req("POST")), Admission::Admit(_)));
+        assert!(matches!(
+            gate.admit(&req("POST")).await,
+            Admission::Admit(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_released_generation_answers_reads_and_parks_the_rest() {
+        let gate = Gate::new();
+        gate.set_handoff(Arc::new(|_| {}));
+        gate.set_phase(Phase::Released);
+        assert!(matches!(gate.admit(&req("GET")).await, Admission::Admit(_)));
+        assert!(matches!(gate.admit(&req("POST")).await, Admission::Park(_)));
+        assert!(gate.begin_internal().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_held_successor_answers_reads_and_holds_mutations_until_serving() {
+        let gate = Gate::new();
+        gate.set_handoff(Arc::new(|_| {}));
+        gate.set_phase(Phase::Held);
+        assert!(matches!(gate.admit(&req("GET")).await, Admission::Admit(_)));
+        assert!(gate.begin_internal().is_none());
+        let held = {
+            let gate = gate.clone();
+            tokio::spawn(
+                async move { matches!(gate.admit(&req("POST")).await, Admission::Admit(_)) },
+            )
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!held.is_finished(), "a mutation ran while held");
+        gate.set_phase(Phase::Serving);
+        let admitted = tokio::time::timeout(std::time::Duration::from_secs(5), held)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        assert_eq!(
+            admitted,
+            Some(true),
+            "the held mutation is answered here once serving"
+        );
+        assert!(gate.begin_internal().is_some());
     }
 }

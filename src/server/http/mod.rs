@@ -75,6 +75,22 @@ impl Body {
         }
     }
 
+    /// The body as a file at offset 0 (one in memory is written to an unlinked temp
+    /// file): to hand the request to another process.
+    pub fn into_file(self) -> std::io::Result<std::fs::File> {
+        use std::io::{Seek, Write};
+        let mut f = match self {
+            Body::File(f) => f,
+            Body::Mem(b) => {
+                let mut f = tempfile::tempfile()?;
+                f.write_all(&b)?;
+                f
+            }
+        };
+        f.seek(std::io::SeekFrom::Start(0))?;
+        Ok(f)
+    }
+
     /// The body as a blocking reader (for tar uploads).
     pub fn reader(self) -> Box<dyn std::io::Read + Send> {
         match self {
@@ -316,18 +332,62 @@ enum ReadOutcome {
 /// `guard` counts the connection in the gate from the moment it was accepted (taken by the
 /// caller before spawning this task, so that a freeze cannot miss it).
 pub async fn serve_conn<H: Handler + ?Sized>(
+    stream: UnixStream,
+    handler: &H,
+    gate: &Arc<Gate>,
+    initial: Vec<u8>,
+    guard: gate::ConnGuard,
+) {
+    serve(stream, handler, gate, initial, guard, None).await
+}
+
+/// Serves a connection handed over by the previous generation with a request it had read
+/// completely (`parked`, whose body is `body`), then the connection on (`initial` holds
+/// the bytes read past that request).
+pub async fn serve_parked<H: Handler + ?Sized>(
+    stream: UnixStream,
+    handler: &H,
+    gate: &Arc<Gate>,
+    parked: crate::ctl::ParkedRequest,
+    body: std::fs::File,
+    initial: Vec<u8>,
+    guard: gate::ConnGuard,
+) {
+    let (path, api_version, query) = split_target(&parked.raw_target);
+    let req = Request {
+        method: parked.method,
+        path,
+        raw_target: parked.raw_target,
+        api_version,
+        query,
+        headers: parked.headers,
+        body: Body::File(body),
+    };
+    serve(
+        stream,
+        handler,
+        gate,
+        initial,
+        guard,
+        Some((req, parked.keep_alive)),
+    )
+    .await
+}
+
+async fn serve<H: Handler + ?Sized>(
     mut stream: UnixStream,
     handler: &H,
     gate: &Arc<Gate>,
     initial: Vec<u8>,
     guard: gate::ConnGuard,
+    mut first: Option<(Request, bool)>,
 ) {
     let _conn_guard = guard;
     let mut buf = BytesMut::with_capacity(8192.max(initial.len()));
     buf.extend_from_slice(&initial);
     let mut phase = gate.watch();
     loop {
-        if buf.is_empty() {
+        if buf.is_empty() && first.is_none() {
             // Idle between requests: a frozen generation gives the connection away.
             let frozen = tokio::select! {
                 r = stream.readable() => r.is_err(),
@@ -347,7 +407,11 @@ pub async fn serve_conn<H: Handler + ?Sized>(
                 }
             }
         }
-        let (req, keep_alive) = match read_request(&mut stream, &mut buf).await {
+        let next = match first.take() {
+            Some((r, k)) => ReadOutcome::Request(r, k),
+            None => read_request(&mut stream, &mut buf).await,
+        };
+        let (req, keep_alive) = match next {
             ReadOutcome::Request(r, k) => (r, k),
             ReadOutcome::Closed => return,
             ReadOutcome::Bad(status, msg) => {
@@ -359,14 +423,34 @@ pub async fn serve_conn<H: Handler + ?Sized>(
         };
         // An orphaned generation answers and closes: the next requests go to the backlog.
         let keep_alive = keep_alive && !gate.is_orphaned();
-        let admitted = match gate.admit(&req) {
+        let admitted = match gate.admit(&req).await {
             Admission::Admit(a) => a,
             Admission::Park(mut bytes) => {
                 bytes.extend_from_slice(&buf);
-                match gate.hand_off(stream, bytes, None) {
-                    Ok(()) => return,
-                    Err(_) => return,
+                let _ = gate.hand_off(stream, bytes, None);
+                return;
+            }
+            Admission::ParkWhole => {
+                let head = crate::ctl::ParkedRequest {
+                    method: req.method,
+                    raw_target: req.raw_target,
+                    headers: req.headers,
+                    keep_alive,
+                };
+                match req.body.into_file() {
+                    Ok(f) => {
+                        let parked = Some((head, std::os::fd::OwnedFd::from(f)));
+                        let _ = gate.hand_off_with(stream, buf.to_vec(), None, parked);
+                    }
+                    Err(e) => {
+                        let msg = format!("hand the request to the next worker generation: {e}");
+                        tracing::error!("{msg}");
+                        if let Some(p) = FullParts::of(Response::error(500, &msg)) {
+                            let _ = write_full(&mut stream, p, false, false).await;
+                        }
+                    }
                 }
+                return;
             }
         };
         let is_head = req.method == "HEAD";
