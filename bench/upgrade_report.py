@@ -57,6 +57,18 @@ def read_windows(path):
     return out
 
 
+def control_windows(windows, offset_ns=200_000_000):
+    """Windows of the same lengths starting `offset_ns` after each window ends, kept when
+    they end before the next window starts: the same measure on plain load, to compare."""
+    out = []
+    for k, (s, e) in enumerate(windows):
+        cs, ce = e + offset_ns, e + offset_ns + (e - s)
+        if k + 1 < len(windows) and ce >= windows[k + 1][0]:
+            continue
+        out.append((cs, ce))
+    return out
+
+
 def window_gaps(records_path, windows):
     """Per window, the longest time inside it with no successful completion, ms (the
     window's edges count as completions)."""
@@ -92,6 +104,8 @@ def side(w, prefix):
         "windows": windows,
         "window_ms": [(e - s) / 1e6 for s, e in windows],
         "gaps": window_gaps(os.path.join(w, f"{prefix}.records"), windows),
+        "control_gaps": window_gaps(os.path.join(w, f"{prefix}.records"),
+                                    control_windows(windows)),
         "connect_failed": sum(outcomes.get(k, 0) for k in CONNECT_FAILED),
         "after_connect": sum(outcomes.get(k, 0) for k in FAILED_AFTER_CONNECT),
         "outcomes": outcomes,
@@ -144,6 +158,8 @@ def main():
         triple(fc, 2) + " (freeze+cut-over)", g(d, lambda s: triple(s["window_ms"]) + " (SIGTERM to _ping)"))
     row("longest gap w/o completion in window, ms", g(b, lambda s: triple(s["gaps"], 2)),
         g(d, lambda s: triple(s["gaps"])))
+    row("  same, windows as long on plain load, ms", g(b, lambda s: triple(s["control_gaps"], 2)),
+        g(d, lambda s: triple(s["control_gaps"])))
     row("window (whole upgrade / restart), ms p50/max",
         g(b, lambda s: f"{fmt(pct(s['window_ms'], .5))}/{fmt(pct(s['window_ms'], 1))}"),
         g(d, lambda s: f"{fmt(pct(s['window_ms'], .5))}/{fmt(pct(s['window_ms'], 1))}"))

@@ -270,5 +270,20 @@ fn preflight_refuses_a_binary_that_cannot_take_over() {
         // Nothing was started: the same generation serves on.
         assert_eq!(report["Generation"], 1, "{report}");
     }
+    // A binary that fails: its exit status and what it said (the master reaps every child;
+    // the preflight's exit reaches the upgrade as an event).
+    let bin = d.path("fake-berthd-fails");
+    std::fs::write(
+        &bin,
+        "#!/bin/sh\necho 'cannot read the store' >&2\nexit 3\n",
+    )
+    .expect("fake");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (out, report) = d.upgrade(&["--binary", bin.to_str().unwrap_or_default()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("failed (exit status 3): cannot read the store"),
+        "{err} {report}"
+    );
     assert!(d.docker(&["version"]).status.success());
 }

@@ -503,27 +503,69 @@ fn ms(t: Instant) -> f64 {
 }
 
 /// Runs `<binary> preflight` and checks that it reads the store and speaks the shim and
-/// control protocols of what runs now.
-async fn preflight(m: &Master, old: i32, binary: &PathBuf) -> Result<(), String> {
-    let out = tokio::time::timeout(
-        PREFLIGHT_TIMEOUT,
-        tokio::process::Command::new(binary)
-            .arg("preflight")
-            .stdin(std::process::Stdio::null())
-            .output(),
-    )
-    .await
-    .map_err(|_| format!("preflight: {} did not answer in time", binary.display()))?
-    .map_err(|e| format!("preflight: cannot run {}: {e}", binary.display()))?;
-    if !out.status.success() {
+/// control protocols of what runs now. The master reaps every child: this one's exit comes
+/// as an event like a worker's.
+async fn preflight(m: &mut Master, old: i32, binary: &PathBuf) -> Result<(), String> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(binary)
+        .arg("preflight")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("preflight: cannot run {}: {e}", binary.display()))?;
+    let pid = child.id() as i32;
+    super::set_worker_pid(pid, true);
+    let read = |r: Option<Box<dyn Read + Send>>| {
+        tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + PREFLIGHT_TIMEOUT;
+    let status = loop {
+        match m.next_event(deadline).await {
+            None => {
+                kill(pid);
+                return Err(format!(
+                    "preflight: {} did not answer in time",
+                    binary.display()
+                ));
+            }
+            Some(Event::Exited(p, status)) if p == pid => break status,
+            Some(ev) => {
+                if let Some(e) = other(m, ev, pid, old).await {
+                    return Err(format!("{e} during the preflight"));
+                }
+            }
+        }
+    };
+    let out = stdout.await.unwrap_or_default();
+    let err = stderr.await.unwrap_or_default();
+    if status != "exit status 0" {
         return Err(format!(
-            "preflight: {} failed ({}): {}",
+            "preflight: {} failed ({status}): {}",
             binary.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&err).trim()
         ));
     }
-    let p: crate::upgrade_cli::Preflight = serde_json::from_slice(&out.stdout).map_err(|e| {
+    let p: crate::upgrade_cli::Preflight = serde_json::from_slice(&out).map_err(|e| {
         format!(
             "preflight: unreadable answer from {}: {e}",
             binary.display()
