@@ -14,6 +14,7 @@ mod kernel;
 mod manager;
 mod netlink;
 mod netns;
+pub mod ports;
 mod resource;
 mod types;
 
