@@ -101,6 +101,19 @@ pub fn merge_config(body: &mut ContainerCreateBody, img: &ImageDefaults) {
     }
 }
 
+/// The host ports a container asks for (`-p`, and `-P` over `exposed`).
+pub fn port_requests(
+    hc: &HostConfig,
+    exposed: Option<&Vec<String>>,
+) -> ApiResult<Vec<crate::network::ports::PortRequest>> {
+    let bindings = serde_json::to_value(&hc.port_bindings)?;
+    crate::network::ports::requests(
+        Some(&bindings),
+        hc.publish_all_ports == Some(true),
+        exposed.map(Vec::as_slice).unwrap_or(&[]),
+    )
+}
+
 /// Validates HostConfig and fills dockerd's defaults.
 pub fn fill_host_config(hc: &mut HostConfig, log_opts: &HashMap<String, String>) -> ApiResult<()> {
     if hc.network_mode.as_deref().unwrap_or("").is_empty() {
@@ -222,6 +235,8 @@ impl Containers {
             super::record::parse_signal(sig)?;
         }
         merge_config(&mut body, &image.1);
+        // Bad port bindings are refused at create, as dockerd does (400).
+        port_requests(&hc, body.exposed_ports.as_ref())?;
         let has_cmd = body.entrypoint.as_ref().is_some_and(|e| !e.is_empty())
             || body.cmd.as_ref().is_some_and(|c| !c.is_empty());
         if !has_cmd {

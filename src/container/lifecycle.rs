@@ -57,6 +57,8 @@ impl Containers {
                 Ok(())
             }
             Err(e) => {
+                // Like dockerd, a failed start leaves no endpoint (veth, netns, host ports).
+                self.release_endpoint(id).await;
                 let msg = e.to_string();
                 let code = start_error_code(&msg);
                 let rec = self.update(id, |r| {
@@ -172,7 +174,17 @@ impl Containers {
             mac: rec.config.mac_address.clone().filter(|m| !m.is_empty()),
             name: rec.name.clone(),
         };
-        let att = self.net.ensure(&rec.id, &req).await?;
+        let mut att = self.net.ensure(&rec.id, &req).await?;
+        if let (Some(ip), Some(veth)) = (att.ip, att.host_veth.clone()) {
+            let reqs =
+                super::create::port_requests(&rec.host_config, rec.config.exposed_ports.as_ref())?;
+            let endpoint = format!("{} ({})", rec.name, att.endpoint_id);
+            let bridge = self.net.config().bridge.clone();
+            att.ports = self
+                .net
+                .publish(&rec.id, &endpoint, &bridge, ip, Some(&veth), &reqs)
+                .await?;
+        }
         let netns = att.sandbox_path();
         Ok((att.into_option(), netns))
     }

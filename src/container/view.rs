@@ -160,12 +160,14 @@ pub fn network_settings(rec: &Record) -> Value {
             "GlobalIPv6PrefixLen": 0, "MacAddress": "", "DriverOpts": null
         }));
     }
-    let mut ports = Map::new();
-    if let Some(list) = &rec.config.exposed_ports {
-        for p in list {
-            ports.insert(p.clone(), Value::Null);
-        }
-    }
+    // dockerd lists ports only while the container has its sandbox (running).
+    let ports = match &att {
+        Some(a) if rec.state.status.is_live() => crate::network::ports::ports_json(
+            rec.config.exposed_ports.as_deref().unwrap_or(&[]),
+            &a.ports,
+        ),
+        _ => json!({}),
+    };
     let mut out = json!({
         "Bridge": "", "SandboxID": if sandbox_key.is_empty() { String::new() } else { rec.id.clone() },
         "HairpinMode": false, "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
@@ -177,6 +179,33 @@ pub fn network_settings(rec: &Record) -> Value {
             o.insert(k.clone(), v.clone());
         }
         o.insert("Networks".into(), Value::Object(networks));
+    }
+    out
+}
+
+/// `Ports` of `GET /containers/json`: each published binding, then each exposed port
+/// without one (a running container only, as dockerd).
+fn summary_ports(rec: &Record) -> Vec<Value> {
+    let mut out = Vec::new();
+    let Some(a) = attachment(rec).filter(|_| rec.state.status.is_live()) else {
+        return out;
+    };
+    for b in &a.ports {
+        out.push(json!({
+            "IP": b.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED).to_string(),
+            "PrivatePort": b.container_port, "PublicPort": b.host_port, "Type": b.proto.as_str(),
+        }));
+    }
+    for p in rec.config.exposed_ports.as_deref().unwrap_or(&[]) {
+        if let Ok((n, proto)) = crate::network::ports::parse_port_key(p) {
+            if !a
+                .ports
+                .iter()
+                .any(|b| b.container_port == n && b.proto == proto)
+            {
+                out.push(json!({"PrivatePort": n, "Type": proto.as_str()}));
+            }
+        }
     }
     out
 }
@@ -287,15 +316,7 @@ impl Containers {
     pub fn summary(&self, rec: &Record) -> Value {
         let ns = network_settings(rec);
         let networks = ns.get("Networks").cloned().unwrap_or(json!({}));
-        let mut ports = Vec::new();
-        if let Some(list) = &rec.config.exposed_ports {
-            for p in list {
-                let (num, proto) = p.split_once('/').unwrap_or((p.as_str(), "tcp"));
-                if let Ok(n) = num.parse::<u16>() {
-                    ports.push(json!({"PrivatePort": n, "Type": proto}));
-                }
-            }
-        }
+        let ports = summary_ports(rec);
         // dockerd shows the image id once the name no longer points at the container's image
         // (retagged, or deleted with rmi -f).
         let mut image = rec.config.image.clone().unwrap_or_default();

@@ -286,6 +286,7 @@ mod tests {
             mac: String::new(),
             host_veth: None,
             host_gateway: None,
+            ports: Vec::new(),
         }
     }
 

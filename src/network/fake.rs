@@ -145,6 +145,13 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    async fn enable_port_forwarding(&self, bridge: &str, veth: Option<&str>) -> ApiResult<()> {
+        self.st()
+            .calls
+            .push(format!("port_forwarding {bridge} {}", veth.unwrap_or("-")));
+        Ok(())
+    }
+
     async fn delete_link(&self, name: &str) -> ApiResult<()> {
         let mut st = self.st();
         if st.links.remove(name).is_some() {

@@ -14,7 +14,15 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 
 /// The base chains of the table: (name, definition).
-const BASE_CHAINS: [(&str, &str); 2] = [
+const BASE_CHAINS: [(&str, &str); 4] = [
+    (
+        "prerouting",
+        "type nat hook prerouting priority dstnat; policy accept;",
+    ),
+    (
+        "output",
+        "type nat hook output priority -100; policy accept;",
+    ),
     (
         "postrouting",
         "type nat hook postrouting priority srcnat; policy accept;",
@@ -198,6 +206,8 @@ mod tests {
     fn right_rules_are_left_alone_and_stale_ones_replaced() -> anyhow::Result<()> {
         let json = r#"{"nftables":[{"metainfo":{"version":"1.0.6"}},
           {"table":{"family":"inet","name":"tb","handle":3}},
+          {"chain":{"family":"inet","table":"tb","name":"prerouting","handle":10,"type":"nat","hook":"prerouting","prio":-100,"policy":"accept"}},
+          {"chain":{"family":"inet","table":"tb","name":"output","handle":11,"type":"nat","hook":"output","prio":-100,"policy":"accept"}},
           {"chain":{"family":"inet","table":"tb","name":"postrouting","handle":1,"type":"nat","hook":"postrouting","prio":100,"policy":"accept"}},
           {"chain":{"family":"inet","table":"tb","name":"forward","handle":2,"type":"filter","hook":"forward","prio":0,"policy":"accept"}},
           {"rule":{"family":"inet","table":"tb","chain":"postrouting","handle":4,"comment":"bridge bt1: masquerade 10.9.0.0/16","expr":[]}},
@@ -206,7 +216,10 @@ mod tests {
           {"rule":{"family":"inet","table":"tb","chain":"forward","handle":7,"comment":"ports: keep me","expr":[]}},
           {"rule":{"family":"inet","table":"tb","chain":"forward","handle":8,"expr":[]}}]}"#;
         let listing = parse_listing(json)?;
-        assert_eq!(listing.chains, vec!["postrouting", "forward"]);
+        assert_eq!(
+            listing.chains,
+            vec!["prerouting", "output", "postrouting", "forward"]
+        );
         assert_eq!(listing.rules.len(), 5);
         let rules = bridge_rules("bt1", net()?);
         let s = plan("tb", Some(&listing), &bridge_owner("bt1"), &rules).unwrap_or_default();

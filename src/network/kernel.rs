@@ -83,6 +83,14 @@ pub trait Kernel: Send + Sync + 'static {
     /// Creates the veth pair described by `spec` and configures the container side inside
     /// its netns (address, up, default route). Removes a stale `spec.ifname` there first.
     fn add_veth(&self, spec: &VethSpec) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Lets published ports reach a container on `bridge`: `route_localnet` on the bridge
+    /// (localhost DNAT) and, for `veth`, the bridge port's `hairpin_mode` (the container
+    /// reaching its own published port).
+    fn enable_port_forwarding(
+        &self,
+        bridge: &str,
+        veth: Option<&str>,
+    ) -> impl Future<Output = ApiResult<()>> + Send;
     /// Deletes a link of the host namespace (its veth peer goes with it).
     fn delete_link(&self, name: &str) -> impl Future<Output = ApiResult<()>> + Send;
     /// Counters of every interface but `lo` inside a netns.

@@ -1,10 +1,12 @@
 //! [`NetworkManager`]: sets up the default bridge and the firewall when the daemon starts,
 //! and gives each container its network (idempotently) when it starts.
 
+use super::firewall::Rule;
 use super::firewall::{bridge_owner, bridge_rules, foreign_forward_drops, parse_listing, plan};
 use super::ipam::{Ipam, Lease};
 use super::kernel::{BridgeSpec, IfStats, Kernel, VethSpec};
 use super::netlink::NetlinkKernel;
+use super::ports::{ephemeral_range, PortAllocator};
 use super::resource::{default_bridge_options, EndpointResource, IpamConfig, NetworkResource};
 use super::types::{format_mac, mac_for_ip, parse_mac, Attachment, NetConfig, NetMode};
 use super::types::{netns_path, NetRequest, Subnet};
@@ -42,6 +44,8 @@ pub struct NetworkManager<K: Kernel = NetlinkKernel> {
     host_net: NetworkRecord,
     none_net: NetworkRecord,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Host ports held by containers (`-p`, `-P`).
+    pub(super) ports: PortAllocator,
 }
 
 impl NetworkManager<NetlinkKernel> {
@@ -82,7 +86,7 @@ fn load_record(table: &Table, name: &str, driver: &str) -> ApiResult<NetworkReco
         .ok_or_else(|| ApiError::Internal(format!("network {name}: record vanished")))
 }
 
-fn check_container_id(id: &str) -> ApiResult<()> {
+pub(super) fn check_container_id(id: &str) -> ApiResult<()> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id
@@ -116,6 +120,7 @@ impl<K: Kernel> NetworkManager<K> {
             host_net: load_record(&nets, "host", "host")?,
             none_net: load_record(&nets, "none", "null")?,
             ipam: Ipam::new(store.table("ipam")?, subnet, "bridge"),
+            ports: PortAllocator::new(store.table("ports")?, ephemeral_range()),
             kernel: Arc::new(kernel),
             cfg,
             subnet,
@@ -141,16 +146,9 @@ impl<K: Kernel> NetworkManager<K> {
 
     pub(crate) async fn sync_firewall(&self) -> ApiResult<()> {
         let table = &self.cfg.nft_table;
-        let listing = match self.kernel.nft_list(&format!("table inet {table}")).await? {
-            Some(json) => Some(parse_listing(&json)?),
-            None => None,
-        };
         let owner = bridge_owner(&self.cfg.bridge);
-        let wanted = bridge_rules(&self.cfg.bridge, self.subnet.net);
-        if let Some(script) = plan(table, listing.as_ref(), &owner, &wanted) {
-            tracing::debug!(%script, "applying nftables changes");
-            self.kernel.nft_apply(&script).await?;
-        }
+        self.apply_rules(&owner, &bridge_rules(&self.cfg.bridge, self.subnet.net))
+            .await?;
         if let Ok(Some(chains)) = self.kernel.nft_list("chains").await {
             for chain in foreign_forward_drops(&chains, table) {
                 tracing::warn!(
@@ -160,6 +158,20 @@ impl<K: Kernel> NetworkManager<K> {
                     self.cfg.bridge
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// Brings `owner`'s rules in berth's table to `wanted` (only what differs changes).
+    pub(super) async fn apply_rules(&self, owner: &str, wanted: &[Rule]) -> ApiResult<()> {
+        let table = &self.cfg.nft_table;
+        let listing = match self.kernel.nft_list(&format!("table inet {table}")).await? {
+            Some(json) => Some(parse_listing(&json)?),
+            None => None,
+        };
+        if let Some(script) = plan(table, listing.as_ref(), owner, wanted) {
+            tracing::debug!(%script, "applying nftables changes");
+            self.kernel.nft_apply(&script).await?;
         }
         Ok(())
     }
@@ -189,7 +201,10 @@ impl<K: Kernel> NetworkManager<K> {
         netns_path(&self.cfg.exec_root, container_id)
     }
 
-    async fn lock(&self, container_id: &str) -> ApiResult<tokio::sync::OwnedMutexGuard<()>> {
+    pub(super) async fn lock(
+        &self,
+        container_id: &str,
+    ) -> ApiResult<tokio::sync::OwnedMutexGuard<()>> {
         let m = {
             let mut map = self
                 .locks
@@ -214,6 +229,7 @@ impl<K: Kernel> NetworkManager<K> {
             mac: String::new(),
             host_veth: None,
             host_gateway: Some(self.subnet.gateway),
+            ports: Vec::new(),
         }
     }
 
@@ -229,6 +245,7 @@ impl<K: Kernel> NetworkManager<K> {
             mac: lease.mac.clone(),
             host_veth: lease.veth.clone(),
             host_gateway: Some(self.subnet.gateway),
+            ports: Vec::new(),
         }
     }
 
@@ -270,6 +287,7 @@ impl<K: Kernel> NetworkManager<K> {
                     mac: String::new(),
                     host_veth: None,
                     host_gateway: Some(self.subnet.gateway),
+                    ports: Vec::new(),
                 })
             }
             NetMode::Bridge => self.ensure_bridge_endpoint(container_id, req).await,
@@ -354,6 +372,7 @@ impl<K: Kernel> NetworkManager<K> {
     pub async fn detach(&self, container_id: &str) -> ApiResult<()> {
         check_container_id(container_id)?;
         let _g = self.lock(container_id).await?;
+        self.unpublish_locked(container_id).await?;
         if let Some(mut lease) = self.teardown(container_id).await? {
             if lease.veth.take().is_some() {
                 self.ipam.update(&lease)?;
@@ -368,6 +387,7 @@ impl<K: Kernel> NetworkManager<K> {
         check_container_id(container_id)?;
         {
             let _g = self.lock(container_id).await?;
+            self.unpublish_locked(container_id).await?;
             self.teardown(container_id).await?;
             self.ipam.release(container_id)?;
         }
@@ -390,6 +410,7 @@ impl<K: Kernel> NetworkManager<K> {
                 self.release(&lease.container_id).await?;
             }
         }
+        self.reconcile_ports(&live).await?;
         let dir = self.netns_dir();
         for name in self.kernel.list_netns(&dir).await? {
             if !live.contains(name.as_str()) {

@@ -15,6 +15,7 @@ mod manager;
 mod netlink;
 mod netns;
 pub mod ports;
+mod publish;
 mod resource;
 mod types;
 

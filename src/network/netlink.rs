@@ -193,6 +193,22 @@ impl Kernel for NetlinkKernel {
         Ok(())
     }
 
+    async fn enable_port_forwarding(&self, bridge: &str, veth: Option<&str>) -> ApiResult<()> {
+        let mut files = vec![format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet")];
+        files.extend(veth.map(|v| format!("/sys/class/net/{v}/brport/hairpin_mode")));
+        for f in files {
+            if std::fs::read_to_string(&f)
+                .map(|c| c.trim() == "1")
+                .unwrap_or(false)
+            {
+                continue;
+            }
+            std::fs::write(&f, "1")
+                .map_err(|e| ApiError::internal(&format!("write 1 to {f}"), e))?;
+        }
+        Ok(())
+    }
+
     async fn bridge_ports(&self, bridge: &str) -> ApiResult<Vec<String>> {
         let Some(br) = link_by_name(&self.handle, bridge).await? else {
             return Ok(Vec::new());

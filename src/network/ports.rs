@@ -6,8 +6,10 @@
 //! No userland proxy: the forwarding lives in the kernel and keeps working while berthd is
 //! down. Per binding, in berth's own table: DNAT in `prerouting` (traffic from outside and
 //! from containers, hairpin included) and in `output` (the host's own processes, localhost
-//! included) for destinations that are local addresses, masquerade of hairpinned and
-//! localhost-originated flows in `postrouting`, and an accept in `forward`. The bridge needs
+//! included) for destinations that are local addresses, masquerade in `postrouting` of
+//! flows that come from the bridge and go back into it (other containers and the container
+//! itself reaching a host address) and of localhost-originated ones, and an accept in
+//! `forward`. The bridge needs
 //! `route_localnet` (localhost DNAT) and its ports `hairpin_mode` (a container reaching its
 //! own published port); the manager sets both.
 //!
@@ -409,9 +411,13 @@ pub(crate) fn port_rules(
                 comment: format!("{owner} dnat {id} to {ip}:{cp}"),
             });
         }
+        // From the bridge back into it (another container, or this one, through a host
+        // address): the reply must come back through the host to be un-NATed.
         out.push(Rule {
             chain: "postrouting".into(),
-            body: format!("ip saddr {ip} ip daddr {ip} {p} dport {cp} masquerade"),
+            body: format!(
+                "iifname \"{bridge}\" oifname \"{bridge}\" ip daddr {ip} {p} dport {cp} ct status dnat masquerade"
+            ),
             comment: format!("{owner} hairpin {ip}:{cp}/{p}"),
         });
         out.push(Rule {

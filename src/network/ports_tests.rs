@@ -238,11 +238,11 @@ fn rules_forward_from_outside_the_host_and_hairpin() {
         vec![
             "prerouting: fib daddr type local tcp dport 8080 dnat ip to 10.1.2.3:80 # ports 0123456789ab: dnat 0.0.0.0:8080/tcp to 10.1.2.3:80",
             "output: fib daddr type local tcp dport 8080 dnat ip to 10.1.2.3:80 # ports 0123456789ab: dnat 0.0.0.0:8080/tcp to 10.1.2.3:80",
-            "postrouting: ip saddr 10.1.2.3 ip daddr 10.1.2.3 tcp dport 80 masquerade # ports 0123456789ab: hairpin 10.1.2.3:80/tcp",
+            "postrouting: iifname \"bt1\" oifname \"bt1\" ip daddr 10.1.2.3 tcp dport 80 ct status dnat masquerade # ports 0123456789ab: hairpin 10.1.2.3:80/tcp",
             "forward: ip daddr 10.1.2.3 oifname \"bt1\" tcp dport 80 accept # ports 0123456789ab: accept 10.1.2.3:80/tcp",
             "prerouting: fib daddr type local ip daddr 127.0.0.1 udp dport 27015 dnat ip to 10.1.2.3:27015 # ports 0123456789ab: dnat 127.0.0.1:27015/udp to 10.1.2.3:27015",
             "output: fib daddr type local ip daddr 127.0.0.1 udp dport 27015 dnat ip to 10.1.2.3:27015 # ports 0123456789ab: dnat 127.0.0.1:27015/udp to 10.1.2.3:27015",
-            "postrouting: ip saddr 10.1.2.3 ip daddr 10.1.2.3 udp dport 27015 masquerade # ports 0123456789ab: hairpin 10.1.2.3:27015/udp",
+            "postrouting: iifname \"bt1\" oifname \"bt1\" ip daddr 10.1.2.3 udp dport 27015 ct status dnat masquerade # ports 0123456789ab: hairpin 10.1.2.3:27015/udp",
             "forward: ip daddr 10.1.2.3 oifname \"bt1\" udp dport 27015 accept # ports 0123456789ab: accept 10.1.2.3:27015/udp",
             "postrouting: ip saddr 127.0.0.0/8 oifname \"bt1\" masquerade # ports 0123456789ab: localhost masquerade",
         ]

@@ -1,6 +1,7 @@
 //! Unit tests of [`NetworkManager`] against the recording fake kernel.
 
 use super::fake::FakeKernel;
+use super::ports;
 use super::*;
 use crate::error::ApiError;
 use crate::store::Store;
@@ -51,7 +52,10 @@ async fn open_sets_up_bridge_forwarding_and_firewall_once() -> anyhow::Result<()
         );
         assert!(st.forward);
         let nft = st.nft.clone().unwrap_or_default();
-        assert_eq!(nft.chains, vec!["postrouting", "forward"]);
+        assert_eq!(
+            nft.chains,
+            vec!["prerouting", "output", "postrouting", "forward"]
+        );
         let comments: Vec<_> = nft.rules.iter().filter_map(|r| r.2.clone()).collect();
         assert_eq!(
             comments,
@@ -325,5 +329,85 @@ async fn inspect_lookup_rules() -> anyhow::Result<()> {
     assert!(m.inspect("").is_err());
     let names: Vec<_> = m.networks()?.into_iter().map(|n| n.name).collect();
     assert_eq!(names, vec!["bridge", "host", "none"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn published_ports_get_rules_and_go_with_the_endpoint() -> anyhow::Result<()> {
+    let e = env()?;
+    let m = open(&e).await?;
+    let id = "c0ffee00c0ffee00";
+    let att = m.ensure(id, &bridge_req("web")).await?;
+    let ip = att.ip.ok_or_else(|| anyhow::anyhow!("no ip"))?;
+    let reqs = ports::requests(
+        Some(&serde_json::json!({"80/tcp": [{"HostIp": "", "HostPort": "18080"}]})),
+        false,
+        &[],
+    )?;
+    let veth = att.host_veth.clone();
+    let got = m
+        .publish(id, "web (ep)", "bt0", ip, veth.as_deref(), &reqs)
+        .await?;
+    assert_eq!(got[0].host_port, 18080);
+    let owned = |m: &NetworkManager<FakeKernel>| {
+        let st = m.kernel().st();
+        st.nft
+            .as_ref()
+            .map(|n| {
+                n.rules
+                    .iter()
+                    .filter(|r| {
+                        r.2.as_deref()
+                            .is_some_and(|c| c.starts_with("ports c0ffee00c0ff:"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        owned(&m),
+        5,
+        "dnat x2, hairpin, accept, localhost masquerade"
+    );
+    assert!(m
+        .kernel()
+        .st()
+        .calls
+        .iter()
+        .any(|c| c.starts_with("port_forwarding bt0 veth")));
+    // Publishing again changes nothing.
+    let calls = m.kernel().st().calls.len();
+    m.publish(id, "web (ep)", "bt0", ip, veth.as_deref(), &reqs)
+        .await?;
+    assert_eq!(m.published(id)?, got);
+    assert!(!m.kernel().st().calls[calls..]
+        .iter()
+        .any(|c| c.starts_with("nft_apply")));
+    // Another container cannot take the port.
+    let other = m.ensure("beef0000beef0000", &bridge_req("b")).await?;
+    let err = m
+        .publish(
+            "beef0000beef0000",
+            "b (e2)",
+            "bt0",
+            other.ip.unwrap_or(ip),
+            None,
+            &reqs,
+        )
+        .await
+        .expect_err("port in use");
+    assert!(
+        err.to_string().contains("port is already allocated"),
+        "{err}"
+    );
+    // The endpoint goes: rules and port too.
+    m.detach(id).await?;
+    assert_eq!(owned(&m), 0);
+    assert!(m.published(id)?.is_empty());
+    // Leftovers of a removed container are reconciled away.
+    m.publish(id, "web (ep)", "bt0", ip, None, &reqs).await?;
+    m.reconcile(&["beef0000beef0000".to_string()]).await?;
+    assert_eq!(owned(&m), 0);
+    assert!(m.published(id)?.is_empty());
     Ok(())
 }

@@ -163,6 +163,9 @@ pub struct Attachment {
     /// What `host-gateway` in `--add-host` stands for: the default bridge's gateway.
     #[serde(default)]
     pub host_gateway: Option<Ipv4Addr>,
+    /// Host ports published to this endpoint (`-p`, `-P`).
+    #[serde(default)]
+    pub ports: Vec<super::ports::PortBinding>,
 }
 
 impl Attachment {
