@@ -262,3 +262,46 @@ fn publish_all_takes_free_ports_for_exposed_ones() {
     assert!(!d.docker(&["inspect", "bad"]).status.success());
     d.ok(&["rm", "-f", &id]);
 }
+
+/// Connection-tracking entries whose replies come from `ip`.
+fn tracked_flows(ip: &str) -> usize {
+    let out = Command::new("conntrack")
+        .args(["-L", "--reply-src", ip])
+        .output()
+        .expect("conntrack -L");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn a_removed_endpoint_leaves_no_udp_flow_behind() {
+    let Some(d) = common::daemon_with_image() else {
+        return;
+    };
+    let port = 30_000 + (std::process::id() % 10_000) as u16;
+    let id = d.ok(&[
+        "run",
+        "-d",
+        "-p",
+        &format!("{port}:7000/udp"),
+        "bb:test",
+        "sleep",
+        "1000",
+    ]);
+    let id = id.trim().to_string();
+    let ip = d.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &id]);
+    let ip = ip.trim().to_string();
+    // A game client's flow: datagrams from one source port, DNATed to the container.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp socket");
+    common::until("the flow to be tracked", || {
+        let _ = sock.send_to(b"ping", ("127.0.0.1", port));
+        tracked_flows(&ip) > 0
+    });
+    // Gone with the endpoint: the port's next owner gets the client's next datagram, not
+    // the dead container's address.
+    d.ok(&["rm", "-f", &id]);
+    assert_eq!(
+        tracked_flows(&ip),
+        0,
+        "flows to {ip} survived the container"
+    );
+}

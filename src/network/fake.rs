@@ -152,6 +152,11 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    async fn flush_conntrack(&self, ip: std::net::Ipv4Addr) -> ApiResult<()> {
+        self.st().calls.push(format!("flush_conntrack {ip}"));
+        Ok(())
+    }
+
     async fn delete_link(&self, name: &str) -> ApiResult<()> {
         let mut st = self.st();
         if st.links.remove(name).is_some() {

@@ -91,6 +91,10 @@ pub trait Kernel: Send + Sync + 'static {
         bridge: &str,
         veth: Option<&str>,
     ) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Forgets the connection-tracking entries whose replies come from `ip` (an endpoint
+    /// that went away): otherwise a UDP flow DNATed to a published port keeps going to the
+    /// dead container instead of the port's next owner.
+    fn flush_conntrack(&self, ip: Ipv4Addr) -> impl Future<Output = ApiResult<()>> + Send;
     /// Deletes a link of the host namespace (its veth peer goes with it).
     fn delete_link(&self, name: &str) -> impl Future<Output = ApiResult<()>> + Send;
     /// Counters of every interface but `lo` inside a netns.

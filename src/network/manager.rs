@@ -352,6 +352,12 @@ impl<K: Kernel> NetworkManager<K> {
     async fn teardown(&self, cid: &str) -> ApiResult<Option<Lease>> {
         let lease = self.ipam.get(cid)?;
         self.kernel.remove_netns(&self.netns_path(cid)).await?;
+        if let Some(l) = lease.as_ref().filter(|l| l.veth.is_some()) {
+            // After the netns (no new flows from it), before the address can be reused.
+            if let Err(e) = self.kernel.flush_conntrack(l.ip).await {
+                tracing::warn!(ip = %l.ip, error = %e, "flush connection tracking");
+            }
+        }
         if let Some(v) = lease.as_ref().and_then(|l| l.veth.clone()) {
             // Deleting a veth waits ~25 ms for the kernel's RCU grace period. With the netns
             // file gone the kernel destroys the namespace, and the veth pair with it, on its

@@ -209,6 +209,24 @@ impl Kernel for NetlinkKernel {
         Ok(())
     }
 
+    async fn flush_conntrack(&self, ip: Ipv4Addr) -> ApiResult<()> {
+        let out = tokio::process::Command::new("conntrack")
+            .args(["-D", "--reply-src", &ip.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| ApiError::internal("run conntrack", e))?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        // Exit status 1 with "0 flow entries have been deleted" is not a failure.
+        if out.status.success() || text.contains("flow entries have been deleted") {
+            return Ok(());
+        }
+        Err(ApiError::Internal(format!(
+            "flush the connection tracking entries of {ip}: {}",
+            text.trim()
+        )))
+    }
+
     async fn bridge_ports(&self, bridge: &str) -> ApiResult<Vec<String>> {
         let Some(br) = link_by_name(&self.handle, bridge).await? else {
             return Ok(Vec::new());

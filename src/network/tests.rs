@@ -404,6 +404,8 @@ async fn published_ports_get_rules_and_go_with_the_endpoint() -> anyhow::Result<
     m.detach(id).await?;
     assert_eq!(owned(&m), 0);
     assert!(m.published(id)?.is_empty());
+    let flushed = format!("flush_conntrack {ip}");
+    assert!(m.kernel().st().calls.contains(&flushed));
     // Leftovers of a removed container are reconciled away.
     m.publish(id, "web (ep)", "bt0", ip, None, &reqs).await?;
     m.reconcile(&["beef0000beef0000".to_string()]).await?;
