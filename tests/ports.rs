@@ -305,3 +305,50 @@ fn a_removed_endpoint_leaves_no_udp_flow_behind() {
         "flows to {ip} survived the container"
     );
 }
+
+#[test]
+fn a_tcp_connection_into_a_container_survives_a_daemon_crash_and_restart() {
+    let Some(mut d) = common::daemon_with_image() else {
+        return;
+    };
+    let port = 40_000 + (std::process::id() % 9_000) as u16;
+    let id = d.ok(&[
+        "run",
+        "-d",
+        "-p",
+        &format!("{port}:80"),
+        "bb:test",
+        "nc",
+        "-l",
+        "-p",
+        "80",
+        "-e",
+        "cat",
+    ]);
+    let id = id.trim().to_string();
+    let mut conn = None;
+    common::until("the echo server to accept", || {
+        conn = TcpStream::connect(("127.0.0.1", port)).ok();
+        conn.is_some()
+    });
+    let mut conn = conn.expect("connected");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut echo = |msg: &str| -> String {
+        use std::io::Write;
+        conn.write_all(msg.as_bytes()).expect("write");
+        let mut buf = vec![0u8; msg.len()];
+        match conn.read_exact(&mut buf) {
+            Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
+            Err(e) => format!("read failed: {e}"),
+        }
+    };
+    assert_eq!(echo("before\n"), "before\n");
+    // The daemon crashes and comes back: it reconciles the network against the store and
+    // leaves what is right alone (veth, address, rules), so the connection lives on.
+    d.kill9();
+    assert_eq!(echo("while down\n"), "while down\n");
+    d.spawn();
+    assert_eq!(echo("after restart\n"), "after restart\n");
+    d.ok(&["rm", "-f", &id]);
+}
