@@ -153,17 +153,28 @@ impl<P: PfConfigurator> SriovDriver<P> {
         lease: &mut VfLease,
     ) -> ApiResult<()> {
         let settings = attach_settings(opts, req.mac);
-        let mut reset: Vec<VfSetting> = lease.reset.clone();
-        for s in &settings {
-            let u = s.undo();
-            if !reset.contains(&u) {
-                reset.push(u);
+        // The undo list is on disk before anything is applied (a crash in between undoes
+        // too much, which is harmless); a setting the PF refuses is dropped from it, so a
+        // driver without, say, trust support does not block the release forever.
+        let before = lease.reset.clone();
+        let with_undo = |applied: &[VfSetting]| {
+            let mut reset = before.clone();
+            for s in applied {
+                let u = s.undo();
+                if !reset.contains(&u) {
+                    reset.push(u);
+                }
             }
-        }
-        lease.reset = reset;
+            reset
+        };
+        lease.reset = with_undo(&settings);
         self.reg.update(lease)?;
-        for s in &settings {
-            self.pf.apply(&lease.pf, lease.index, *s).await?;
+        for (i, s) in settings.iter().enumerate() {
+            if let Err(e) = self.pf.apply(&lease.pf, lease.index, *s).await {
+                lease.reset = with_undo(&settings[..i]);
+                self.reg.update(lease)?;
+                return Err(e);
+            }
         }
         let in_host = sysfs::host_ifindex(&lease.host_ifname) == Some(lease.ifindex);
         if let (Some(cpus), true) = (&opts.rps_cpus, in_host) {
