@@ -335,3 +335,62 @@ async fn reconcile_after_a_restart_recovers_vfs_of_dead_containers() -> anyhow::
     assert!(again.released.is_empty());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_attach_resumes_on_the_same_vf() -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return Ok(());
+    }
+    let mut s = Setup::new(2)?;
+    let store = s.store().await?;
+    let d = s.driver(&store)?;
+    let c = s.g.ns("ri")?;
+    let mut lease = d.attach(&s.opts(), &s.req(&c, 40)).await?;
+    // A crash after the move but before the lease said "attached", with the address not
+    // yet configured.
+    lease.state = LeaseState::Allocated;
+    d.registry().update(&lease)?;
+    run(&["ip", "-n", &c, "addr", "flush", "dev", "eth0"])?;
+    let again = d.attach(&s.opts(), &s.req(&c, 40)).await?;
+    assert_eq!((again.index, again.state), (0, LeaseState::Attached));
+    let addr = run(&["ip", "-n", &c, "addr", "show", "eth0"])?;
+    assert!(addr.contains(&format!("{}/24", s.g.ip(40))), "{addr}");
+    assert_eq!(d.registry().all()?.len(), 1);
+    assert_eq!(d.free_vfs(&s.pf)?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vf_that_came_back_renamed_is_found_by_pci_address() -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return Ok(());
+    }
+    let mut s = Setup::new(1)?;
+    let store = s.store().await?;
+    let d = s.driver(&store)?;
+    let c = s.g.ns("rp")?;
+    let orig_mac = fs::read_to_string(format!("/sys/class/net/{}/address", s.vfs[0]))?;
+    d.attach(&s.opts(), &s.req(&c, 50)).await?;
+    // What hardware does when the namespace dies and the driver re-registers the VF: it
+    // reappears in the host under another name and ifindex, at the same PCI address.
+    // Stand-in: the namespace (and the veth) go away, a new veth takes the VF's sysfs slot.
+    run(&["ip", "netns", "del", &c])?;
+    s.g.netns.retain(|n| n != &c);
+    let (renamed, _) = s.g.veth("dv", "dq")?;
+    let vf_net = s.dir.path().join("sys/bus/pci/devices/0000:af:06.0/net");
+    fs::remove_dir_all(vf_net.join(&s.vfs[0]))?;
+    fs::create_dir_all(vf_net.join(&renamed))?;
+    let ifindex = fs::read_to_string(format!("/sys/class/net/{renamed}/ifindex"))?;
+    fs::write(vf_net.join(&renamed).join("ifindex"), ifindex)?;
+
+    assert!(d.release(&s.pf, &c).await?);
+    // It has its own name back (and its MAC), and is free.
+    assert!(in_host(&s.vfs[0]));
+    assert!(!in_host(&renamed));
+    let mac = fs::read_to_string(format!("/sys/class/net/{}/address", s.vfs[0]))?;
+    assert_eq!(mac, orig_mac);
+    assert!(d.registry().all()?.is_empty());
+    Ok(())
+}

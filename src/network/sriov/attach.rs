@@ -123,17 +123,10 @@ pub async fn move_in(host: &Handle, spec: &VfNetdev) -> ApiResult<()> {
         spec.ifname
     );
     let inner = netns::handle_in(&spec.netns).await?;
-    let inside = find_link(&inner, Some(spec.ifindex), Some(&spec.ifname)).await?;
-    let index = match inside {
-        Some(l) => l.header.index,
-        None => {
-            let dev = find_link(host, Some(spec.ifindex), Some(&spec.host_ifname))
-                .await?
-                .ok_or_else(|| {
-                    ApiError::Internal(format!(
-                        "{step}: the netdev is neither in the host namespace nor in the container's"
-                    ))
-                })?;
+    // The host first: a device of the same name inside the namespace must not be taken for
+    // the VF while the VF is still at home.
+    let index = match find_link(host, Some(spec.ifindex), Some(&spec.host_ifname)).await? {
+        Some(dev) => {
             let ns = File::open(&spec.netns).map_err(|e| ApiError::internal(&step, e))?;
             set_down(host, dev.header.index, &step).await?;
             host.link()
@@ -149,6 +142,17 @@ pub async fn move_in(host: &Handle, spec: &VfNetdev) -> ApiResult<()> {
             find_link(&inner, Some(dev.header.index), Some(&spec.ifname))
                 .await?
                 .ok_or_else(|| ApiError::Internal(format!("{step}: it vanished after the move")))?
+                .header
+                .index
+        }
+        None => {
+            find_link(&inner, Some(spec.ifindex), Some(&spec.ifname))
+                .await?
+                .ok_or_else(|| {
+                    ApiError::Internal(format!(
+                    "{step}: the netdev is neither in the host namespace nor in the container's"
+                ))
+                })?
                 .header
                 .index
         }

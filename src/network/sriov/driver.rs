@@ -53,6 +53,10 @@ pub struct SriovDriver<P> {
     reg: Registry,
     pf: P,
     host: Handle,
+    /// Serializes allocations in this process, so that two concurrent attaches of one
+    /// container cannot take two VFs (the store's compare-and-swap already keeps two
+    /// containers off one VF, also across processes).
+    alloc: tokio::sync::Mutex<()>,
 }
 
 impl<P: PfConfigurator> SriovDriver<P> {
@@ -69,6 +73,7 @@ impl<P: PfConfigurator> SriovDriver<P> {
             reg: Registry::open(store)?,
             pf,
             host,
+            alloc: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -96,6 +101,7 @@ impl<P: PfConfigurator> SriovDriver<P> {
     /// Takes a free VF of `pf` for `req.container` (or returns the one it holds already).
     /// The lease is on disk before this returns; concurrent callers never get the same VF.
     pub async fn allocate(&self, pf: &str, req: &VfRequest) -> ApiResult<VfLease> {
+        let _one_at_a_time = self.alloc.lock().await;
         if let Some(l) = self.reg.of_container(pf, &req.container)? {
             return Ok(l);
         }
