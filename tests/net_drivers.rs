@@ -171,7 +171,10 @@ async fn vf_settings_pass_the_kernels_validation_on_a_veth_pf() -> anyhow::Resul
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(e.contains("os error 34"), "{e}");
+    // Reading back: the kernel answers the VF-filtered dump, and a veth lists no VFs.
+    assert_eq!(pf.read_vf("vpf", 0).await?, None);
     // No such PF.
     assert!(pf.apply("nope", 0, VfSetting::Trust(true)).await.is_err());
+    assert!(pf.read_vf("nope", 0).await.is_err());
     Ok(())
 }

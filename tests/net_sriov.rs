@@ -12,8 +12,10 @@
 
 mod netkit;
 
-use berthd::network::options::SriovOptions;
-use berthd::network::sriov::{LeaseState, RecordingPf, SriovDriver, SysfsRoot, VfRequest};
+use berthd::network::options::{SriovOptions, VlanProto};
+use berthd::network::sriov::{
+    LeaseState, RecordingPf, SriovDriver, SysfsRoot, VfRequest, VfSetting,
+};
 use berthd::store::Store;
 use netkit::{is_root, netns_path, ping, run, Guard};
 use std::fs;
@@ -145,6 +147,20 @@ async fn a_vf_is_configured_moved_in_and_given_back() -> anyhow::Result<()> {
     opts.max_tx_rate = Some(1000);
     opts.rps_cpus = Some(vec![0, 1]);
     opts.irq_cpus = Some(vec![1]);
+    // Before berth, the PF reported VLAN 7 and an admin MAC for VF 0: release restores
+    // those; the settings it does not report go back to the driver defaults.
+    d.pf().set_current(
+        &s.pf,
+        0,
+        vec![
+            VfSetting::Vlan {
+                vlan: 7,
+                qos: 1,
+                proto: VlanProto::Dot1Q,
+            },
+            VfSetting::Mac([2, 0x11, 0x22, 0x33, 0x44, 0x55]),
+        ],
+    );
     let lease = d.attach(&opts, &s.req(&c1, 11)).await?;
     assert_eq!((lease.index, lease.state), (0, LeaseState::Attached));
     assert_eq!(lease.pci, "0000:af:06.0");
@@ -202,8 +218,8 @@ async fn a_vf_is_configured_moved_in_and_given_back() -> anyhow::Result<()> {
     assert_eq!(
         d.pf().calls(),
         [
-            format!("{pf} vf 0 vlan 0 qos 0 proto 802.1Q"),
-            format!("{pf} vf 0 mac 00:00:00:00:00:00"),
+            format!("{pf} vf 0 vlan 7 qos 1 proto 802.1Q"),
+            format!("{pf} vf 0 mac 02:11:22:33:44:55"),
             format!("{pf} vf 0 min_tx_rate 0 max_tx_rate 0"),
             format!("{pf} vf 0 spoofchk on"),
             format!("{pf} vf 0 trust off"),
@@ -222,7 +238,7 @@ async fn a_vf_is_configured_moved_in_and_given_back() -> anyhow::Result<()> {
     assert!(d.registry().all()?.is_empty());
     let calls = d.pf().calls();
     assert_eq!(calls.len(), 8, "{calls:?}");
-    assert_eq!(calls[4], format!("{pf} vf 0 vlan 0 qos 0 proto 802.1Q"));
+    assert_eq!(calls[4], format!("{pf} vf 0 vlan 7 qos 1 proto 802.1Q"));
     assert_eq!(calls[7], format!("{pf} vf 0 spoofchk on"));
     d.pf().fail_on(None);
     Ok(())

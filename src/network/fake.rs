@@ -171,7 +171,7 @@ impl Kernel for FakeKernel {
             st.parents.contains(&spec.parent)
         };
         if !known {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::Internal(format!(
                 "-o parent interface was not found on the host: {}",
                 spec.parent
             )));

@@ -94,7 +94,7 @@ pub trait Kernel: Send + Sync + 'static {
 
     /// Creates the macvlan link described by `spec` directly inside its netns and configures
     /// it there (MAC, address, up, default route). Replaces a stale `spec.ifname` there. A
-    /// missing parent is a 400 with dockerd's message.
+    /// missing parent fails with dockerd's message (a 500, as in dockerd).
     fn add_macvlan(&self, spec: &MacvlanSpec) -> impl Future<Output = ApiResult<()>> + Send;
     /// Deletes the link `ifname` inside the netns at `netns` (nothing to do when either is
     /// gone).

@@ -117,7 +117,7 @@ pub(crate) mod nl {
         let parent = find_link(host, None, Some(&spec.parent))
             .await?
             .ok_or_else(|| {
-                ApiError::BadRequest(format!(
+                ApiError::Internal(format!(
                     "-o parent interface was not found on the host: {}",
                     spec.parent
                 ))

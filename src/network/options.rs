@@ -2,7 +2,8 @@
 //! -d <driver> -o key=value` passes them, parsed and validated before anything is created.
 //!
 //! `macvlan` takes dockerd's options (`parent`, `macvlan_mode`) and, like dockerd, ignores
-//! keys it does not know. `sriov` takes the settings sriov-cni knows under the same meaning
+//! keys it does not know; its refusals carry dockerd's words and, like dockerd's (plain
+//! driver errors), answer 500. `sriov` takes the settings sriov-cni knows under the same meaning
 //! (`vlan`, `vlan_qos`, `vlan_proto`, `spoofchk`, `trust`, `min_tx_rate`, `max_tx_rate`)
 //! plus berth's tuning options (`rps_cpus`, `irq_cpus`); it is berth's own driver, so an
 //! unknown key is refused rather than silently dropped.
@@ -46,8 +47,9 @@ pub struct MacvlanOptions {
     pub mode: MacvlanMode,
 }
 
-/// Parses `-o` options of a macvlan network with dockerd's messages. Unknown keys are
-/// ignored, as dockerd's macvlan driver does.
+/// Parses `-o` options of a macvlan network with dockerd's messages and statuses. Unknown
+/// keys are ignored, as dockerd's macvlan driver does. An empty parent is refused (400):
+/// dockerd would make a dummy link its parent, and the target kernels lack dummy links.
 pub fn parse_macvlan_options(opts: &BTreeMap<String, String>) -> ApiResult<MacvlanOptions> {
     let mode = match opts.get("macvlan_mode").map(String::as_str) {
         None | Some("") | Some("bridge") => MacvlanMode::Bridge,
@@ -55,7 +57,7 @@ pub fn parse_macvlan_options(opts: &BTreeMap<String, String>) -> ApiResult<Macvl
         Some("vepa") => MacvlanMode::Vepa,
         Some("passthru") => MacvlanMode::Passthru,
         Some(other) => {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::Internal(format!(
                 "requested macvlan mode '{other}' is not valid, 'bridge' mode is the macvlan driver default"
             )))
         }
@@ -68,27 +70,32 @@ pub fn parse_macvlan_options(opts: &BTreeMap<String, String>) -> ApiResult<Macvl
             "-o parent is required for a macvlan network (e.g. -o parent=eth0)".into(),
         ));
     }
+    if parent == "lo" {
+        return Err(ApiError::Internal(
+            "loopback interface is not a valid macvlan parent link".into(),
+        ));
+    }
     check_ifname(&parent, "-o parent")?;
     Ok(MacvlanOptions { parent, mode })
 }
 
-/// Splits `eth0.10` into (`eth0`, 10) with dockerd's messages, for a parent that does not
-/// exist as named (dockerd then creates that 802.1Q sub-interface).
+/// Splits `eth0.10` into (`eth0`, 10) with dockerd's messages (500s, as in dockerd), for a
+/// parent that does not exist as named (dockerd then creates that 802.1Q sub-interface).
 pub fn split_vlan_parent(parent: &str) -> ApiResult<(String, u16)> {
     let parts: Vec<&str> = parent.split('.').collect();
     let [link, vid] = parts.as_slice() else {
-        return Err(ApiError::BadRequest(
+        return Err(ApiError::Internal(
             "required interface name format is: name.vlan_id, ex. eth0.10 for vlan 10 on link eth0"
                 .into(),
         ));
     };
     let vid: i64 = vid.parse().map_err(|_| {
-        ApiError::BadRequest(format!(
+        ApiError::Internal(format!(
             "unable to parse a valid vlan id from: {vid} (ex. eth0.10 for vlan 10)"
         ))
     })?;
     if !(1..=4094).contains(&vid) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::Internal(format!(
             "vlan id must be between 1-4094, received: {vid}"
         )));
     }
@@ -280,6 +287,14 @@ mod tests {
         }
     }
 
+    /// dockerd's macvlan driver answers its refusals with plain errors: 500.
+    fn err500(r: ApiResult<impl std::fmt::Debug>) -> String {
+        match r {
+            Err(ApiError::Internal(m)) => m,
+            other => panic!("expected a 500, got {other:?}"),
+        }
+    }
+
     #[test]
     fn macvlan_modes_and_dockerd_messages() {
         let o =
@@ -289,7 +304,7 @@ mod tests {
             let o = parse_macvlan_options(&opts(&[("parent", "eth0"), ("macvlan_mode", m)]));
             assert_eq!(o.map(|o| o.mode.as_str()), Ok(m));
         }
-        let e = bad(parse_macvlan_options(&opts(&[
+        let e = err500(parse_macvlan_options(&opts(&[
             ("parent", "eth0"),
             ("macvlan_mode", "l2"),
         ])));
@@ -300,6 +315,10 @@ mod tests {
         // Unknown keys are ignored, like dockerd.
         assert!(parse_macvlan_options(&opts(&[("parent", "eth0"), ("foo", "1")])).is_ok());
         assert!(bad(parse_macvlan_options(&opts(&[]))).contains("-o parent is required"));
+        assert_eq!(
+            err500(parse_macvlan_options(&opts(&[("parent", "lo")]))),
+            "loopback interface is not a valid macvlan parent link"
+        );
         assert!(bad(parse_macvlan_options(&opts(&[("parent", "a/b")]))).contains("invalid"));
         assert!(bad(parse_macvlan_options(&opts(&[(
             "parent",
@@ -312,19 +331,19 @@ mod tests {
     fn vlan_parents_split_like_dockerd() {
         assert_eq!(split_vlan_parent("eth0.10"), Ok(("eth0".into(), 10)));
         assert_eq!(
-            bad(split_vlan_parent("eth0")),
+            err500(split_vlan_parent("eth0")),
             "required interface name format is: name.vlan_id, ex. eth0.10 for vlan 10 on link eth0"
         );
         assert_eq!(
-            bad(split_vlan_parent("eth0.x")),
+            err500(split_vlan_parent("eth0.x")),
             "unable to parse a valid vlan id from: x (ex. eth0.10 for vlan 10)"
         );
         assert_eq!(
-            bad(split_vlan_parent("eth0.4095")),
+            err500(split_vlan_parent("eth0.4095")),
             "vlan id must be between 1-4094, received: 4095"
         );
         assert_eq!(
-            bad(split_vlan_parent("eth0.0")),
+            err500(split_vlan_parent("eth0.0")),
             "vlan id must be between 1-4094, received: 0"
         );
     }

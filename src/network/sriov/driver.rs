@@ -162,12 +162,29 @@ impl<P: PfConfigurator> SriovDriver<P> {
         // The undo list is on disk before anything is applied (a crash in between undoes
         // too much, which is harmless); a setting the PF refuses is dropped from it, so a
         // driver without, say, trust support does not block the release forever.
+        // The undo of a setting restores what the PF reported before the first attach
+        // (as sriov-cni does), or the driver default when the PF reports nothing.
         let before = lease.reset.clone();
+        let orig = if before.is_empty() && !settings.is_empty() {
+            match self.pf.current(&lease.pf, lease.index).await {
+                Ok(o) => o.unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(pf = %lease.pf, vf = lease.index, error = %e, "read VF settings");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let with_undo = |applied: &[VfSetting]| {
             let mut reset = before.clone();
             for s in applied {
-                let u = s.undo();
-                if !reset.contains(&u) {
+                let u = orig
+                    .iter()
+                    .find(|o| o.same_kind(s))
+                    .copied()
+                    .unwrap_or_else(|| s.undo());
+                if !reset.iter().any(|r| r.same_kind(&u)) {
                     reset.push(u);
                 }
             }

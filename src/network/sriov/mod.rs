@@ -8,6 +8,7 @@
 //! - [`registry`]: who holds which VF, in the store (no VF is ever given twice, across
 //!   threads, restarts and live upgrades).
 //! - [`pf`]: PF-side settings over netlink behind [`PfConfigurator`] (+ a recording fake).
+//! - [`readback`]: the VF's settings before berth changed them (restored on release).
 //! - [`attach`]: moving the VF netdev in and out of a namespace.
 //! - [`tuning`]: `rps_cpus` and `irq_cpus`.
 //! - [`driver`]: [`SriovDriver`], the operations the network manager calls.
@@ -22,6 +23,7 @@
 pub mod attach;
 pub mod driver;
 pub mod pf;
+pub mod readback;
 pub mod registry;
 pub mod sysfs;
 pub mod tuning;

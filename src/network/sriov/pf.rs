@@ -82,6 +82,11 @@ impl VfSetting {
         }
     }
 
+    /// Whether `other` sets the same thing (both MACs, both VLANs, ...).
+    pub fn same_kind(&self, other: &VfSetting) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+
     /// The `IFLA_VF_*` attribute for VF `vf`.
     pub fn to_vf_info(&self, vf: u32) -> VfInfo {
         match *self {
@@ -176,6 +181,14 @@ pub trait PfConfigurator: Send + Sync + 'static {
         vf: u32,
         setting: VfSetting,
     ) -> impl Future<Output = ApiResult<()>> + Send;
+
+    /// The VF's current PF-side settings (`None`: the PF does not report them), read before
+    /// berth changes anything so that a release restores them.
+    fn current(
+        &self,
+        pf: &str,
+        vf: u32,
+    ) -> impl Future<Output = ApiResult<Option<Vec<VfSetting>>>> + Send;
 }
 
 /// Applies `settings` in order; the error names the PF, the VF and the setting.
@@ -237,6 +250,10 @@ impl NetlinkPf {
         }
     }
 
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Sends one `RTM_SETLINK` with `infos` to the PF (exposed for encoding tests).
     pub async fn set_vf_info(&self, pf: &str, infos: Vec<VfInfo>, step: &str) -> ApiResult<()> {
         let index = self.pf_index(pf).await?;
@@ -258,14 +275,20 @@ impl PfConfigurator for NetlinkPf {
         self.set_vf_info(pf, vec![setting.to_vf_info(vf)], &step)
             .await
     }
+
+    async fn current(&self, pf: &str, vf: u32) -> ApiResult<Option<Vec<VfSetting>>> {
+        self.read_vf(pf, vf).await
+    }
 }
 
 /// A recording [`PfConfigurator`] for tests: every call is logged as
-/// `<pf> vf <i> <setting>`; `fail_on` makes calls whose text contains it fail.
+/// `<pf> vf <i> <setting>`; `fail_on` makes calls whose text contains it fail;
+/// [`RecordingPf::set_current`] scripts what [`PfConfigurator::current`] reports.
 #[derive(Debug, Default)]
 pub struct RecordingPf {
     calls: Mutex<Vec<String>>,
     fail_on: Mutex<Option<String>>,
+    current: Mutex<Vec<(String, u32, Vec<VfSetting>)>>,
 }
 
 impl RecordingPf {
@@ -278,6 +301,14 @@ impl RecordingPf {
     pub fn clear(&self) {
         if let Ok(mut c) = self.calls.lock() {
             c.clear();
+        }
+    }
+
+    /// Makes [`PfConfigurator::current`] report `settings` for VF `vf` of `pf`.
+    pub fn set_current(&self, pf: &str, vf: u32, settings: Vec<VfSetting>) {
+        if let Ok(mut c) = self.current.lock() {
+            c.retain(|(p, v, _)| !(p == pf && *v == vf));
+            c.push((pf.to_string(), vf, settings));
         }
     }
 
@@ -308,6 +339,13 @@ impl PfConfigurator for RecordingPf {
             c.push(line);
         }
         Ok(())
+    }
+
+    async fn current(&self, pf: &str, vf: u32) -> ApiResult<Option<Vec<VfSetting>>> {
+        let c = self.current.lock().map(|c| c.clone()).unwrap_or_default();
+        Ok(c.into_iter()
+            .find(|(p, v, _)| p == pf && *v == vf)
+            .map(|(_, _, s)| s))
     }
 }
 
