@@ -52,7 +52,25 @@ async fn macvlan_containers_get_fixed_addresses_on_the_parent_segment() -> anyho
     let s2 = macvlan(&g, &parent, MacvlanMode::Bridge, &c2, 12);
     k.add_macvlan(&s1).await?;
     k.add_macvlan(&s2).await?;
-    // Repeating the call replaces the link: still exactly one eth0 with the same address.
+    // Repeating the call keeps what is right (same link, same ifindex); a different MAC
+    // replaces the link.
+    let ifindex = |ns: &str| {
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "cat",
+            "/sys/class/net/eth0/ifindex",
+        ])
+    };
+    let before = ifindex(&c1)?;
+    k.add_macvlan(&s1).await?;
+    assert_eq!(ifindex(&c1)?, before);
+    let mut other_mac = s1.clone();
+    other_mac.mac[5] ^= 0x80;
+    k.add_macvlan(&other_mac).await?;
+    assert_ne!(ifindex(&c1)?, before);
     k.add_macvlan(&s1).await?;
 
     let link = run(&["ip", "-n", &c1, "-d", "link", "show", "eth0"])?;

@@ -100,7 +100,10 @@ pub async fn detach<K: Kernel>(k: &K, spec: &MacvlanSpec) -> ApiResult<()> {
 pub(crate) mod nl {
     use super::*;
     use crate::network::netns;
-    use crate::network::sriov::attach::{find_link, nl_err};
+    use crate::network::sriov::attach::{find_link, link_mac, nl_err};
+    use rtnetlink::packet_route::link::{
+        InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkInfo, LinkMessage,
+    };
     use rtnetlink::{Handle, LinkMacVlan, LinkUnspec, RouteMessageBuilder};
     use std::fs::File;
     use std::net::IpAddr;
@@ -124,7 +127,14 @@ pub(crate) mod nl {
             })?;
         let ns = File::open(&spec.netns).map_err(|e| ApiError::internal(&step, e))?;
         let inner = netns::handle_in(&spec.netns).await?;
-        if let Some(stale) = find_link(&inner, None, Some(&spec.ifname)).await? {
+        // What is already right is kept (invariant 5): a macvlan of that name, mode and MAC
+        // on this parent. Anything else of that name is replaced.
+        let existing = find_link(&inner, None, Some(&spec.ifname)).await?;
+        let keep = existing
+            .as_ref()
+            .filter(|l| is_same_macvlan(l, spec, parent.header.index))
+            .map(|l| l.header.index);
+        if let (Some(stale), None) = (&existing, keep) {
             inner
                 .link()
                 .del(stale.header.index)
@@ -132,23 +142,29 @@ pub(crate) mod nl {
                 .await
                 .map_err(|e| nl_err(&format!("{step}: remove stale {}", spec.ifname), e))?;
         }
-        let mut msg = LinkMacVlan::new(&spec.ifname, parent.header.index, kernel_mode(spec.mode))
-            .address(spec.mac.to_vec())
-            .setns_by_fd(ns.as_raw_fd());
-        if let Some(mtu) = spec.mtu {
-            msg = msg.mtu(mtu);
-        }
-        host.link()
-            .add(msg.build())
-            .execute()
-            .await
-            .map_err(|e| nl_err(&step, e))?;
+        let idx = match keep {
+            Some(idx) => idx,
+            None => {
+                let mut msg =
+                    LinkMacVlan::new(&spec.ifname, parent.header.index, kernel_mode(spec.mode))
+                        .address(spec.mac.to_vec())
+                        .setns_by_fd(ns.as_raw_fd());
+                if let Some(mtu) = spec.mtu {
+                    msg = msg.mtu(mtu);
+                }
+                host.link()
+                    .add(msg.build())
+                    .execute()
+                    .await
+                    .map_err(|e| nl_err(&step, e))?;
+                find_link(&inner, None, Some(&spec.ifname))
+                    .await?
+                    .ok_or_else(|| ApiError::Internal(format!("{step}: the link vanished")))?
+                    .header
+                    .index
+            }
+        };
         drop(ns);
-        let idx = find_link(&inner, None, Some(&spec.ifname))
-            .await?
-            .ok_or_else(|| ApiError::Internal(format!("{step}: the link vanished")))?
-            .header
-            .index;
         inner
             .link()
             .set(LinkUnspec::new_with_index(idx).up().build())
@@ -176,6 +192,36 @@ pub(crate) mod nl {
                 .map_err(|e| nl_err(&format!("{step}: add default route via {gw}"), e))?;
         }
         Ok(())
+    }
+
+    /// Whether `l` is a macvlan on `parent` with the spec's mode and MAC.
+    fn is_same_macvlan(l: &LinkMessage, spec: &MacvlanSpec, parent: u32) -> bool {
+        let mut kind = false;
+        let mut mode = None;
+        let mut link = None;
+        for a in &l.attributes {
+            match a {
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        match i {
+                            LinkInfo::Kind(InfoKind::MacVlan) => kind = true,
+                            LinkInfo::Data(InfoData::MacVlan(d)) => {
+                                mode = d.iter().find_map(|x| match x {
+                                    InfoMacVlan::Mode(m) => Some(*m),
+                                    _ => None,
+                                })
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                LinkAttribute::Link(i) => link = Some(*i),
+                _ => {}
+            }
+        }
+        kind && mode == Some(kernel_mode(spec.mode))
+            && link == Some(parent)
+            && link_mac(l) == Some(spec.mac)
     }
 
     pub(crate) async fn delete_in(netns_path: &Path, ifname: &str) -> ApiResult<()> {
