@@ -320,11 +320,23 @@ async fn reconcile_after_a_restart_recovers_vfs_of_dead_containers() -> anyhow::
     let store = s.store().await?;
     let d = s.driver(&store)?;
     assert_eq!(d.registry().all()?.len(), 3);
+    // A lease on a VF that sysfs no longer lists (its PF lost VFs) is freed as well.
+    let mut ghost = d.registry().all()?[0].clone();
+    ghost.index = 9;
+    ghost.pci = "0000:af:06.9".into();
+    ghost.container = "ghost".into();
+    ghost.netns = s.dir.path().join("no-such-netns");
+    ghost.ifindex = 999_999;
+    ghost.host_ifname = "ghostvf".into();
+    assert!(d.registry().try_take(&ghost)?);
     let pf = s.pf.clone();
     let report = d.reconcile(|c| c == live.as_str()).await?;
     let mut released = report.released.clone();
     released.sort();
-    assert_eq!(released, [format!("{pf}/1"), format!("{pf}/2")]);
+    assert_eq!(
+        released,
+        [format!("{pf}/1"), format!("{pf}/2"), format!("{pf}/9")]
+    );
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     // The dead container's VF is home under its own name; the live one's is untouched.
     assert!(in_host(&s.vfs[1]));
@@ -343,7 +355,9 @@ async fn reconcile_after_a_restart_recovers_vfs_of_dead_containers() -> anyhow::
             format!("{pf} vf 1 mac 00:00:00:00:00:00"),
             format!("{pf} vf 1 trust off"),
             format!("{pf} vf 2 mac 00:00:00:00:00:00"),
-            format!("{pf} vf 2 trust off")
+            format!("{pf} vf 2 trust off"),
+            format!("{pf} vf 9 mac 00:00:00:00:00:00"),
+            format!("{pf} vf 9 trust off")
         ]
     );
     // Reconcile again: nothing to do.

@@ -246,11 +246,20 @@ impl<P: PfConfigurator> SriovDriver<P> {
             // A real VF whose namespace died comes back to the host by itself, possibly
             // as `dev%d` and with a new ifindex after a driver reset: find it by PCI
             // address and give it its name back.
-            let vf = self.sys.vf(pf, lease.index)?;
-            match vf.netdev.as_ref().and_then(|d| {
+            // A VF that sysfs no longer lists (PF gone, fewer VFs enabled) is just gone.
+            let vf = match self.sys.vf(pf, lease.index) {
+                Ok(vf) => Some(vf),
+                Err(e) => {
+                    tracing::warn!(pf, vf = lease.index, error = %e, "VF no longer in sysfs");
+                    None
+                }
+            };
+            let home = vf.as_ref().filter(|vf| vf.pci == lease.pci).and_then(|vf| {
+                let d = vf.netdev.as_ref()?;
                 sysfs::host_ifindex(&d.name).filter(|i| d.ifindex.is_none_or(|want| want == *i))
-            }) {
-                Some(ifindex) if vf.pci == lease.pci => {
+            });
+            match home {
+                Some(ifindex) => {
                     attach::move_out(
                         &self.host,
                         &lease.netns,
@@ -270,7 +279,15 @@ impl<P: PfConfigurator> SriovDriver<P> {
             }
         }
         for s in &lease.reset {
-            self.pf.apply(pf, lease.index, *s).await?;
+            match self.pf.apply(pf, lease.index, *s).await {
+                Ok(()) => {}
+                // The PF itself is gone: nothing left to reset.
+                Err(ApiError::NotFound(m)) => {
+                    tracing::warn!(pf, vf = lease.index, "{m}: PF settings not reset");
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.reg.remove(pf, lease.index)?;
         Ok(true)
