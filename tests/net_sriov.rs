@@ -388,6 +388,25 @@ async fn an_interrupted_attach_resumes_on_the_same_vf() -> anyhow::Result<()> {
     assert!(addr.contains(&format!("{}/24", s.g.ip(40))), "{addr}");
     assert_eq!(d.registry().all()?.len(), 1);
     assert_eq!(d.free_vfs(&s.pf)?.len(), 1);
+    // The container comes back with another namespace: its VF follows it.
+    let moved = s.g.ns("rj")?;
+    let mut req = s.req(&c, 40);
+    req.netns = netns_path(&moved);
+    let l = d.attach(&s.opts(), &req).await?;
+    assert_eq!((l.index, l.netns), (0, netns_path(&moved)));
+    assert!(run(&["ip", "-n", &c, "link", "show", "eth0"]).is_err());
+    let addr = run(&["ip", "-n", &moved, "addr", "show", "eth0"])?;
+    assert!(addr.contains(&format!("{}/24", s.g.ip(40))), "{addr}");
+    // A repeat that fails keeps the VF with the container (its release gives it back).
+    d.pf().fail_on(Some("trust"));
+    let mut opts = s.opts();
+    opts.trust = Some(true);
+    assert!(d.attach(&opts, &req).await.is_err());
+    assert_eq!(d.registry().all()?.len(), 1);
+    run(&["ip", "-n", &moved, "link", "show", "eth0"])?;
+    d.pf().fail_on(None);
+    assert!(d.release(&s.pf, &c).await?);
+    assert!(in_host(&s.vfs[0]));
     Ok(())
 }
 

@@ -101,9 +101,14 @@ impl<P: PfConfigurator> SriovDriver<P> {
     /// Takes a free VF of `pf` for `req.container` (or returns the one it holds already).
     /// The lease is on disk before this returns; concurrent callers never get the same VF.
     pub async fn allocate(&self, pf: &str, req: &VfRequest) -> ApiResult<VfLease> {
+        Ok(self.take(pf, req).await?.0)
+    }
+
+    /// [`SriovDriver::allocate`]; also says whether the lease is new.
+    async fn take(&self, pf: &str, req: &VfRequest) -> ApiResult<(VfLease, bool)> {
         let _one_at_a_time = self.alloc.lock().await;
         if let Some(l) = self.reg.of_container(pf, &req.container)? {
-            return Ok(l);
+            return Ok((l, false));
         }
         let total = self.sys.num_vfs(pf)?;
         for vf in self.free_vfs(pf)? {
@@ -128,7 +133,7 @@ impl<P: PfConfigurator> SriovDriver<P> {
                 reset: Vec::new(),
             };
             if self.reg.try_take(&lease)? {
-                return Ok(lease);
+                return Ok((lease, true));
             }
         }
         Err(ApiError::Internal(format!(
@@ -137,12 +142,15 @@ impl<P: PfConfigurator> SriovDriver<P> {
     }
 
     /// Allocates a VF for the container, applies the network's PF-side settings and
-    /// tuning, and moves it into the container's namespace, configured. Idempotent; on
-    /// failure everything done is undone and the VF is free again.
+    /// tuning, and moves it into the container's namespace, configured. Idempotent (a
+    /// container that holds a VF keeps it; one whose namespace or interface name changed
+    /// gets it moved over). When a first attach fails, everything done is undone and the
+    /// VF is free again; a failed repeat leaves the held VF to the caller's release.
     pub async fn attach(&self, opts: &SriovOptions, req: &VfRequest) -> ApiResult<VfLease> {
-        let mut lease = self.allocate(&opts.parent, req).await?;
+        let (mut lease, fresh) = self.take(&opts.parent, req).await?;
         match self.configure(opts, req, &mut lease).await {
             Ok(()) => Ok(lease),
+            Err(e) if !fresh => Err(e),
             Err(e) => {
                 if let Err(undo) = self.release(&opts.parent, &req.container).await {
                     tracing::warn!(error = %undo, "undo a failed VF attach");
@@ -158,6 +166,20 @@ impl<P: PfConfigurator> SriovDriver<P> {
         req: &VfRequest,
         lease: &mut VfLease,
     ) -> ApiResult<()> {
+        if lease.netns != req.netns || lease.ifname != req.ifname {
+            attach::move_out(
+                &self.host,
+                &lease.netns,
+                &lease.ifname,
+                lease.ifindex,
+                &lease.host_ifname,
+                None,
+            )
+            .await?;
+            lease.netns = req.netns.clone();
+            lease.ifname = req.ifname.clone();
+            self.reg.update(lease)?;
+        }
         let settings = attach_settings(opts, req.mac);
         // The undo list is on disk before anything is applied (a crash in between undoes
         // too much, which is harmless); a setting the PF refuses is dropped from it, so a
