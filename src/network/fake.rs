@@ -3,6 +3,7 @@
 
 use super::firewall::Listing;
 use super::kernel::{BridgeSpec, IfStats, Kernel, VethSpec};
+use super::macvlan::MacvlanSpec;
 use crate::error::{ApiError, ApiResult};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,6 +28,10 @@ pub(crate) struct FakeState {
     pub nft: Option<Listing>,
     /// Next rule handle.
     pub next_handle: u64,
+    /// Macvlan links by (netns, ifname).
+    pub macvlans: BTreeMap<(PathBuf, String), MacvlanSpec>,
+    /// Parents `add_macvlan` accepts (`eth0` when empty).
+    pub parents: BTreeSet<String>,
     /// Make the next add_veth fail after creating the link.
     pub fail_add_veth: bool,
 }
@@ -170,6 +175,54 @@ impl Kernel for FakeKernel {
         Ok(vec![("eth0".into(), IfStats::default())])
     }
 
+    async fn add_macvlan(&self, spec: &MacvlanSpec) -> ApiResult<()> {
+        let mut st = self.st();
+        let known = if st.parents.is_empty() {
+            spec.parent == "eth0"
+        } else {
+            st.parents.contains(&spec.parent)
+        };
+        if !known {
+            return Err(ApiError::Internal(format!(
+                "-o parent interface was not found on the host: {}",
+                spec.parent
+            )));
+        }
+        if !st.netns.contains(&spec.netns) {
+            return Err(ApiError::Internal("add_macvlan: no such netns".into()));
+        }
+        let via = spec
+            .gateway
+            .map(|g| format!(" via {g}"))
+            .unwrap_or_default();
+        st.calls.push(format!(
+            "add_macvlan {} {} {} {} {} {}/{}{via}",
+            spec.parent,
+            spec.mode.as_str(),
+            spec.netns.display(),
+            spec.ifname,
+            super::sriov::pf::fmt_mac(&spec.mac),
+            spec.ip,
+            spec.prefix_len
+        ));
+        st.macvlans
+            .insert((spec.netns.clone(), spec.ifname.clone()), spec.clone());
+        Ok(())
+    }
+
+    async fn delete_link_in(&self, netns: &Path, ifname: &str) -> ApiResult<()> {
+        let mut st = self.st();
+        if st
+            .macvlans
+            .remove(&(netns.to_owned(), ifname.to_string()))
+            .is_some()
+        {
+            st.calls
+                .push(format!("delete_link_in {} {ifname}", netns.display()));
+        }
+        Ok(())
+    }
+
     async fn prepare_netns_dir(&self, dir: &Path) -> ApiResult<()> {
         self.st().calls.push(format!("prepare {}", dir.display()));
         Ok(())
@@ -200,6 +253,7 @@ impl Kernel for FakeKernel {
                 st.peers.remove(&h);
                 st.links.remove(&h);
             }
+            st.macvlans.retain(|(ns, _), _| ns != path);
             st.calls.push(format!("remove_netns {}", path.display()));
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! logic (IPAM, idempotent ensure/release, reconcile) is unit-tested against a recording
 //! fake; [`crate::network::NetlinkKernel`] is the real implementation.
 
+use super::macvlan::MacvlanSpec;
 use crate::error::ApiResult;
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -102,6 +103,18 @@ pub trait Kernel: Send + Sync + 'static {
         &self,
         netns: &Path,
     ) -> impl Future<Output = ApiResult<Vec<(String, IfStats)>>> + Send;
+
+    /// Creates the macvlan link described by `spec` directly inside its netns and configures
+    /// it there (MAC, address, up, default route). Replaces a stale `spec.ifname` there. A
+    /// missing parent fails with dockerd's message (a 500, as in dockerd).
+    fn add_macvlan(&self, spec: &MacvlanSpec) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Deletes the link `ifname` inside the netns at `netns` (nothing to do when either is
+    /// gone).
+    fn delete_link_in(
+        &self,
+        netns: &Path,
+        ifname: &str,
+    ) -> impl Future<Output = ApiResult<()>> + Send;
 
     /// Prepares the directory holding netns files (a private bind mount of itself).
     fn prepare_netns_dir(&self, dir: &Path) -> impl Future<Output = ApiResult<()>> + Send;

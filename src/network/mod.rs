@@ -5,18 +5,22 @@
 //!
 //! [`NetworkManager`] is the entry point; the daemon holds one behind an `Arc`. Kernel work
 //! goes through the [`Kernel`] trait ([`NetlinkKernel`] in production, a recording fake in
-//! unit tests).
+//! unit tests). [`macvlan`] and [`sriov`] hold the kernel side of those two drivers and
+//! [`options`] their `-o` options.
 
 mod etc;
 mod firewall;
 mod ipam;
 mod kernel;
+pub mod macvlan;
 mod manager;
 mod netlink;
 mod netns;
+pub mod options;
 pub mod ports;
 mod publish;
 mod resource;
+pub mod sriov;
 mod types;
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! files, `/proc/sys` for forwarding and the `nft` binary for the firewall.
 
 use super::kernel::{BridgeSpec, IfStats, Kernel, VethSpec};
+use super::macvlan::MacvlanSpec;
 use super::netns;
 use crate::error::{ApiError, ApiResult};
 use futures::TryStreamExt;
@@ -364,6 +365,14 @@ impl Kernel for NetlinkKernel {
             out.push((name.to_string(), s.unwrap_or_default()));
         }
         Ok(out)
+    }
+
+    async fn add_macvlan(&self, spec: &MacvlanSpec) -> ApiResult<()> {
+        super::macvlan::nl::add(&self.handle, spec).await
+    }
+
+    async fn delete_link_in(&self, netns: &Path, ifname: &str) -> ApiResult<()> {
+        super::macvlan::nl::delete_in(netns, ifname).await
     }
 
     async fn prepare_netns_dir(&self, dir: &Path) -> ApiResult<()> {
