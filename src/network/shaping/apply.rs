@@ -110,7 +110,11 @@ mod tests {
             s.apply(ns, Some(&egress(50))).await?,
             vec![Change::Kept("eth0".into())]
         );
-        assert_eq!(s.kernel().calls().len(), 1, "nothing sent for the same limit");
+        assert_eq!(
+            s.kernel().calls().len(),
+            1,
+            "nothing sent for the same limit"
+        );
         Ok(())
     }
 
@@ -145,7 +149,10 @@ mod tests {
             vec![Change::Removed("eth0".into())]
         );
         assert_eq!(s.apply(ns, None).await?, vec![Change::Kept("eth0".into())]);
-        assert_eq!(s.kernel().calls().last().map(String::as_str), Some("delete /ns/a 2"));
+        assert_eq!(
+            s.kernel().calls().last().map(String::as_str),
+            Some("delete /ns/a 2")
+        );
         assert_eq!(s.kernel().calls().len(), 4);
         Ok(())
     }
@@ -182,7 +189,8 @@ mod tests {
     #[tokio::test]
     async fn kernel_failures_are_reported() {
         let s = shaper();
-        s.kernel().fail_next("install: Invalid argument (os error 22)");
+        s.kernel()
+            .fail_next("install: Invalid argument (os error 22)");
         let e = s
             .apply(Path::new("/ns/a"), Some(&egress(10)))
             .await

@@ -88,8 +88,8 @@ impl TcKernel for FakeTc {
         }
         let mut bytes = vec![0u8; msg.buffer_len()];
         msg.emit(&mut bytes);
-        let parsed = TcMessage::parse(&bytes[..])
-            .map_err(|e| ApiError::internal("fake: parse", e))?;
+        let parsed =
+            TcMessage::parse(&bytes[..]).map_err(|e| ApiError::internal("fake: parse", e))?;
         let root = parse_root(&parsed)
             .ok_or_else(|| ApiError::Internal("fake: not a root qdisc".into()))?;
         let index = msg.header.index;
@@ -115,7 +115,10 @@ impl TcKernel for FakeTc {
         let index = msg.header.index;
         st.calls.push(format!("delete {} {index}", netns.display()));
         if let Some(l) = st.links.get_mut(&(netns.to_owned(), index)) {
-            if l.root.as_ref().is_some_and(|r| r.handle == msg.header.handle) {
+            if l.root
+                .as_ref()
+                .is_some_and(|r| r.handle == msg.header.handle)
+            {
                 l.root = None;
             }
         }

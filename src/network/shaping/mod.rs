@@ -141,6 +141,9 @@ mod tests {
         let e = resolve(Some("fast"), None, None).expect_err("rate");
         assert!(e.starts_with("invalid berth.egress.rate \"fast\""), "{e}");
         let e = resolve(Some("8kbit"), Some("1gb"), None).expect_err("bucket");
-        assert!(e.starts_with("invalid berth.egress.burst: burst 1024Mb is too large"), "{e}");
+        assert!(
+            e.starts_with("invalid berth.egress.burst: burst 1024Mb is too large"),
+            "{e}"
+        );
     }
 }

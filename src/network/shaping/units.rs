@@ -246,11 +246,25 @@ mod tests {
     #[test]
     fn bad_rates_are_refused_with_the_reason() {
         for s in [
-            "", "mbit", "fast", "50 mbit", "50mbits", "50m", "-5mbit", "0x10", "inf", "nan",
-            "1.2.3mbit", "50mbit/8", "1e400bit",
+            "",
+            "mbit",
+            "fast",
+            "50 mbit",
+            "50mbits",
+            "50m",
+            "-5mbit",
+            "0x10",
+            "inf",
+            "nan",
+            "1.2.3mbit",
+            "50mbit/8",
+            "1e400bit",
         ] {
             let e = parse_rate(s, "berth.egress.rate").expect_err(s);
-            assert!(e.starts_with(&format!("invalid berth.egress.rate {s:?}: ")), "{e}");
+            assert!(
+                e.starts_with(&format!("invalid berth.egress.rate {s:?}: ")),
+                "{e}"
+            );
         }
         let e = parse_rate("1kbit", "rate").expect_err("too small");
         assert!(e.contains("the smallest rate is 8kbit"), "{e}");
@@ -273,7 +287,9 @@ mod tests {
         assert_eq!(size("1.5kb"), 1536);
         let e = parse_burst("1kb", "berth.egress.burst").expect_err("small");
         assert!(e.contains("one full-size frame (1514 bytes)"), "{e}");
-        assert!(parse_burst("4gb", "b").expect_err("big").contains("below 4gb"));
+        assert!(parse_burst("4gb", "b")
+            .expect_err("big")
+            .contains("below 4gb"));
         for s in ["", "kb", "64kib", "64 kb", "-64kb", "64kb/8", "big"] {
             assert!(parse_burst(s, "b").is_err(), "{s}");
         }
