@@ -86,7 +86,10 @@ fn berth_rate(ns: &std::path::Path) -> Option<u64> {
 fn assert_burst(ns: &std::path::Path, want: u64) {
     let q = root_qdisc(ns);
     let got = q["options"]["burst"].as_u64().unwrap_or(0);
-    assert!(got <= want && got + 16 >= want, "burst {got}, want {want}: {q}");
+    assert!(
+        got <= want && got + 16 >= want,
+        "burst {got}, want {want}: {q}"
+    );
 }
 
 fn label(d: &Daemon, id: &str, key: &str) -> String {
@@ -122,7 +125,9 @@ fn labels_shape_eth0_the_endpoint_changes_it_and_a_crash_restores_it() {
         "true",
     ]);
     assert!(
-        e.contains("conflicting options: berth.egress.rate/berth.egress.burst and the host network mode"),
+        e.contains(
+            "conflicting options: berth.egress.rate/berth.egress.burst and the host network mode"
+        ),
         "{e}"
     );
     let e = d.fails(&[
@@ -132,8 +137,15 @@ fn labels_shape_eth0_the_endpoint_changes_it_and_a_crash_restores_it() {
         "bb:test",
         "true",
     ]);
-    assert!(e.contains("berth.egress.burst needs berth.egress.rate"), "{e}");
-    assert_eq!(d.ok(&["ps", "-aq"]), "", "a refused create left a container");
+    assert!(
+        e.contains("berth.egress.burst needs berth.egress.rate"),
+        "{e}"
+    );
+    assert_eq!(
+        d.ok(&["ps", "-aq"]),
+        "",
+        "a refused create left a container"
+    );
 
     let id = d.ok(&[
         "run",
@@ -176,7 +188,10 @@ fn labels_shape_eth0_the_endpoint_changes_it_and_a_crash_restores_it() {
     // Errors change nothing.
     let (st, body) = set_egress(&d, &id, "fast", "");
     assert_eq!(st, 400, "{body}");
-    assert!(body.contains("invalid berth.egress.rate \\\"fast\\\""), "{body}");
+    assert!(
+        body.contains("invalid berth.egress.rate \\\"fast\\\""),
+        "{body}"
+    );
     let (st, body) = set_egress(&d, "nosuch", "10mbit", "");
     assert_eq!(st, 404, "{body}");
     assert!(body.contains("No such container: nosuch"), "{body}");
@@ -188,7 +203,11 @@ fn labels_shape_eth0_the_endpoint_changes_it_and_a_crash_restores_it() {
     let out = in_netns(&ns, &["tc", "qdisc", "del", "dev", "eth0", "root"])
         .output()
         .expect("tc del");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(berth_rate(&ns), None);
     d.spawn();
     until("berth's qdisc re-applied after the crash", || {
@@ -288,4 +307,62 @@ fn the_limit_holds_tcp_traffic_down() {
     eprintln!("unshaped: {free:.2} Mbit/s");
     assert!(free > 50.0, "unshaped: {free:.2} Mbit/s");
     d.ok(&["rm", "-f", &id]);
+}
+
+#[test]
+fn the_daemon_default_applies_to_containers_without_a_rate_of_their_own() {
+    if !common::is_root() {
+        return;
+    }
+    let mut d = Daemon::start_with(common::Launch {
+        env: vec![("BERTH_DEFAULT_EGRESS_RATE".into(), "20mbit".into())],
+        ..Default::default()
+    });
+    d.import_busybox("bb:test");
+    let plain = d.ok(&["run", "-d", "bb:test", "sleep", "1000"]);
+    let own = d.ok(&[
+        "run",
+        "-d",
+        "--label",
+        "berth.egress.rate=0",
+        "bb:test",
+        "sleep",
+        "1000",
+    ]);
+    // Host networking has no link to shape: the default does not make it fail.
+    let host = d.ok(&["run", "-d", "--network", "host", "bb:test", "sleep", "1000"]);
+    assert_eq!(berth_rate(&netns(&d, &plain)), Some(2_500_000));
+    assert_eq!(berth_rate(&netns(&d, &own)), None, "rate 0: not shaped");
+    assert_burst(&netns(&d, &plain), 65_536);
+
+    // Removing the shaping of a container under a daemon default records rate 0, so that
+    // the default does not come back with the next daemon start.
+    let (st, body) = set_egress(&d, &plain, "", "");
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(berth_rate(&netns(&d, &plain)), None);
+    assert_eq!(label(&d, &plain, "berth.egress.rate"), "0");
+    let (st, body) = set_egress(&d, &host, "10mbit", "");
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("the host network mode"), "{body}");
+    let reapplied = |d: &Daemon| d.log().matches("egress shaping re-applied").count();
+    let before = reapplied(&d);
+    d.kill9();
+    d.spawn();
+    // The re-apply after the crash runs in the background: wait for its log line.
+    until("egress re-applied after the restart", || {
+        reapplied(&d) > before
+    });
+    assert_eq!(berth_rate(&netns(&d, &own)), None);
+    assert_eq!(berth_rate(&netns(&d, &plain)), None);
+    d.ok(&["restart", "-t", "0", &own]);
+    assert_eq!(berth_rate(&netns(&d, &own)), None);
+    d.ok(&["restart", "-t", "0", &plain]);
+    assert_eq!(
+        berth_rate(&netns(&d, &plain)),
+        None,
+        "label 0 kept across a restart"
+    );
+    for id in [&plain, &own, &host] {
+        d.ok(&["rm", "-f", id]);
+    }
 }

@@ -95,13 +95,23 @@ impl Containers {
     }
 
     /// Applies the container's egress limit to the links in its network namespace `netns`
-    /// (idempotent). Called once its network is set up.
-    pub(crate) async fn apply_egress(&self, rec: &Record, netns: Option<&Path>) -> ApiResult<()> {
+    /// (idempotent). Called once its network is set up. `at_start`: the links are the ones
+    /// the start just set up (or kept, unchanged since this daemon applied the same
+    /// labels), so an unshaped container costs no kernel call.
+    pub(crate) async fn apply_egress(
+        &self,
+        rec: &Record,
+        netns: Option<&Path>,
+        at_start: bool,
+    ) -> ApiResult<()> {
         let mode = rec.host_config.network_mode.as_deref().unwrap_or("");
         let Some(netns) = netns.filter(|_| linkless_mode(mode).is_none()) else {
             return Ok(());
         };
         let want = self.wanted_egress(rec)?;
+        if want.is_none() && at_start {
+            return Ok(());
+        }
         self.egress
             .shaper
             .apply(netns, want.as_ref())
@@ -115,6 +125,7 @@ impl Containers {
     pub(crate) fn reapply_egress_soon(self: &Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move {
+            let mut checked = 0;
             for rec in me.all() {
                 let _g = me.lock(&rec.id).await;
                 let Ok(rec) = me.lookup(&rec.id) else {
@@ -124,10 +135,14 @@ impl Containers {
                     continue;
                 }
                 let netns = me.net.netns_path(&rec.id);
-                if let Err(e) = me.apply_egress(&rec, Some(&netns)).await {
-                    tracing::warn!(id = %rec.id, error = %e, "re-applying egress shaping");
+                match me.apply_egress(&rec, Some(&netns), false).await {
+                    Ok(()) => checked += 1,
+                    Err(e) => {
+                        tracing::warn!(id = %rec.id, error = %e, "re-applying egress shaping")
+                    }
                 }
             }
+            tracing::info!(containers = checked, "egress shaping re-applied");
         });
     }
 
