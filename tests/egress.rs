@@ -81,6 +81,18 @@ fn berth_rate(ns: &std::path::Path) -> Option<u64> {
         .flatten()
 }
 
+/// Bytes berth's qdisc on eth0 has sent (`tc -s`).
+fn sent_bytes(ns: &std::path::Path) -> u64 {
+    let out = in_netns(
+        ns,
+        &["tc", "-j", "-s", "qdisc", "show", "dev", "eth0", "root"],
+    )
+    .output()
+    .expect("run tc -s");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v[0]["bytes"].as_u64().unwrap_or(0)
+}
+
 /// tc prints the burst it derives back from the kernel's bucket time: a few bytes of
 /// rounding below what was set.
 fn assert_burst(ns: &std::path::Path, want: u64) {
@@ -161,10 +173,20 @@ fn labels_shape_eth0_the_endpoint_changes_it_and_a_crash_restores_it() {
     assert_burst(&ns, 65_536);
 
     // Changed while it runs: the endpoint answers the limit in force, the labels follow.
+    // The change is made in place: the qdisc's counters survive it (a new qdisc grafted in
+    // its stead would start from zero, and deleting first would leave a moment unshaped).
+    let gw = d.bip.split('/').next().expect("bip").to_string();
+    d.ok(&["exec", &id, "ping", "-c", "2", "-i", "0.2", &gw]);
+    let sent_before = sent_bytes(&ns);
+    assert!(sent_before > 0, "{}", root_qdisc(&ns));
     let (st, body) = set_egress(&d, &id[..12], "50mbit", "128kb");
     assert_eq!(st, 200, "{body}");
     assert_eq!(body.trim(), r#"{"Rate":"50Mbit","Burst":"128Kb"}"#);
     assert_eq!(berth_rate(&ns), Some(6_250_000));
+    assert!(
+        sent_bytes(&ns) >= sent_before,
+        "the qdisc was replaced, not changed"
+    );
     assert_eq!(label(&d, &id, "berth.egress.rate"), "50mbit");
     assert_eq!(label(&d, &id, "berth.egress.burst"), "128kb");
     let now = std::time::SystemTime::now()
