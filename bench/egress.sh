@@ -67,7 +67,11 @@ for r in $RATES; do
   : > "$W/runs.$r"
   for i in $(seq "$REPS"); do
     b0=$(sent_bytes); t0=$(date +%s%N)
-    nsenter --net="$NS" iperf3 -c $GW -p "$PORT" -t "$T" -O "$O" -J > "$W/iperf.$r.$i.json"
+    # iperf3's server takes a moment between two tests ("the server is busy"): retry.
+    for _ in $(seq 50); do
+      nsenter --net="$NS" iperf3 -c $GW -p "$PORT" -t "$T" -O "$O" -J > "$W/iperf.$r.$i.json" && break
+      sleep 0.1
+    done
     t1=$(date +%s%N); b1=$(sent_bytes)
     python3 - "$W/iperf.$r.$i.json" "$b0" "$b1" "$t0" "$t1" >> "$W/runs.$r" <<'EOF'
 import json, sys
