@@ -236,6 +236,10 @@ fn labels_shape_eth0_the_endpoint_changes_it_and_a_crash_restores_it() {
         berth_rate(&ns) == Some(6_250_000)
     });
     assert_burst(&ns, 131_072);
+    // A restart sets the network up afresh and shapes it from the updated labels.
+    d.ok(&["restart", "-t", "0", &id]);
+    assert_eq!(berth_rate(&ns), Some(6_250_000));
+    assert_burst(&ns, 131_072);
 
     // An empty rate removes the shaping (and the label).
     let (st, body) = set_egress(&d, &id, "", "");
