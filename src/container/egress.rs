@@ -72,6 +72,35 @@ pub fn validate_create(
     Ok(())
 }
 
+/// A container's labels after an egress update: the rate and burst given, or for an empty
+/// rate no shaping (no rate label, or `0` where a daemon default would apply otherwise).
+fn updated_labels(
+    mut labels: HashMap<String, String>,
+    upd: &EgressUpdate,
+    default_rate: Option<Rate>,
+) -> ApiResult<HashMap<String, String>> {
+    let (rate, burst) = (upd.rate.trim(), upd.burst.trim());
+    labels.remove(LABEL_BURST);
+    if rate.is_empty() {
+        if !burst.is_empty() {
+            return Err(ApiError::BadRequest(
+                "a burst needs a rate: set Rate as well".into(),
+            ));
+        }
+        if default_rate.is_some() {
+            labels.insert(LABEL_RATE.into(), "0".into());
+        } else {
+            labels.remove(LABEL_RATE);
+        }
+    } else {
+        labels.insert(LABEL_RATE.into(), rate.into());
+        if !burst.is_empty() {
+            labels.insert(LABEL_BURST.into(), burst.into());
+        }
+    }
+    Ok(labels)
+}
+
 fn answer(e: Option<&Egress>) -> EgressUpdate {
     match e {
         Some(e) => EgressUpdate {
@@ -160,27 +189,11 @@ impl Containers {
         if let Some(mode) = linkless_mode(mode) {
             return Err(ApiError::BadRequest(conflict_message(mode)));
         }
-        let (rate, burst) = (upd.rate.trim(), upd.burst.trim());
-        let mut labels = rec.config.labels.clone().unwrap_or_default();
-        labels.remove(LABEL_BURST);
-        if rate.is_empty() {
-            if !burst.is_empty() {
-                return Err(ApiError::BadRequest(
-                    "a burst needs a rate: set Rate as well".into(),
-                ));
-            }
-            // Without a daemon default no label means no shaping; with one, "0" does.
-            if self.egress.default_rate.is_some() {
-                labels.insert(LABEL_RATE.into(), "0".into());
-            } else {
-                labels.remove(LABEL_RATE);
-            }
-        } else {
-            labels.insert(LABEL_RATE.into(), rate.into());
-            if !burst.is_empty() {
-                labels.insert(LABEL_BURST.into(), burst.into());
-            }
-        }
+        let labels = updated_labels(
+            rec.config.labels.clone().unwrap_or_default(),
+            &upd,
+            self.egress.default_rate,
+        )?;
         let want = shaping::from_labels(&labels, self.egress.default_rate)
             .map_err(ApiError::BadRequest)?;
         let netns = self.net.netns_path(&id);
@@ -232,6 +245,44 @@ mod tests {
         let burst_only = labels(&[(LABEL_BURST, "128kb")]);
         assert!(validate_create(&burst_only, &burst_only, "default", None).is_err());
         assert!(validate_create(&burst_only, &burst_only, "default", Some(Rate(1000))).is_ok());
+    }
+
+    #[test]
+    fn an_update_rewrites_only_the_egress_labels() -> ApiResult<()> {
+        let start = labels(&[
+            ("app", "game"),
+            (LABEL_RATE, "10mbit"),
+            (LABEL_BURST, "1mb"),
+        ]);
+        let upd = |rate: &str, burst: &str| EgressUpdate {
+            rate: rate.into(),
+            burst: burst.into(),
+        };
+        assert_eq!(
+            updated_labels(start.clone(), &upd(" 50mbit ", ""), None)?,
+            labels(&[("app", "game"), (LABEL_RATE, "50mbit")]),
+            "a new rate without a burst drops the old burst"
+        );
+        assert_eq!(
+            updated_labels(start.clone(), &upd("50mbit", "128kb"), None)?,
+            labels(&[
+                ("app", "game"),
+                (LABEL_RATE, "50mbit"),
+                (LABEL_BURST, "128kb")
+            ])
+        );
+        assert_eq!(
+            updated_labels(start.clone(), &upd("", ""), None)?,
+            labels(&[("app", "game")])
+        );
+        assert_eq!(
+            updated_labels(start.clone(), &upd("", ""), Some(Rate(1000)))?,
+            labels(&[("app", "game"), (LABEL_RATE, "0")]),
+            "under a daemon default, no shaping is rate 0"
+        );
+        let e = updated_labels(start, &upd("", "64kb"), None).expect_err("burst alone");
+        assert_eq!(e.status(), 400);
+        Ok(())
     }
 
     #[test]
