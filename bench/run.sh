@@ -6,16 +6,18 @@
 # the firewall ruleset is saved before and restored after (dockerd rewrites iptables).
 # DOCKERD_ARGS adds dockerd flags (e.g. --iptables=false while other tests share the host).
 # BENCH=startup runs only these figures, BENCH=upgrade only bench/upgrade.sh (issue 3: live
-# upgrades under load against dockerd --live-restore); the default runs both, one after the
-# other.
+# upgrades under load against dockerd --live-restore), BENCH=egress only bench/egress.sh
+# (issue 4: egress shaping accuracy at 10/50/200 Mbit/s); the default runs all three, one
+# after the other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 BENCH=${BENCH:-all}
 case $BENCH in
   upgrade) exec bash bench/upgrade.sh ;;
+  egress) exec bash bench/egress.sh ;;
   all|startup) ;;
-  *) echo "BENCH=$BENCH: expected all, startup or upgrade" >&2; exit 2 ;;
+  *) echo "BENCH=$BENCH: expected all, startup, upgrade or egress" >&2; exit 2 ;;
 esac
 N=${N:-15}
 PAR=${PAR:-20}
@@ -117,5 +119,6 @@ if [ "$BENCH" = all ]; then
   trap - EXIT
   cleanup
   bash bench/upgrade.sh || fail=1
+  bash bench/egress.sh || fail=1
 fi
 exit $fail

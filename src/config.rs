@@ -1,6 +1,7 @@
 //! Daemon configuration: dockerd's flags (clap) merged with a daemon.json file
 //! (`--config-file`); a flag given on the command line wins over the file.
 
+use crate::network::shaping::{parse_rate, Rate};
 use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
@@ -48,6 +49,10 @@ pub struct Flags {
     /// Parent cgroup of all containers (the pool).
     #[arg(long, env = "BERTH_CGROUP_PARENT")]
     pub cgroup_parent: Option<String>,
+    /// Egress rate of containers without a `berth.egress.rate` label, in tc syntax
+    /// (e.g. 100mbit); unset or 0: not shaped.
+    #[arg(long, env = "BERTH_DEFAULT_EGRESS_RATE", value_name = "RATE")]
+    pub default_egress_rate: Option<String>,
     /// A command instead of running the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -78,6 +83,7 @@ pub struct FileConfig {
     nft_table: Option<String>,
     shim_binary: Option<PathBuf>,
     cgroup_parent: Option<String>,
+    default_egress_rate: Option<String>,
     log_driver: Option<String>,
     log_opts: Option<HashMap<String, String>>,
     #[serde(default)]
@@ -109,6 +115,8 @@ pub struct Config {
     pub cgroup_parent: String,
     /// Default log options for containers (`max-size`, `max-file`).
     pub log_opts: HashMap<String, String>,
+    /// Egress rate of containers that set none (`--default-egress-rate`); `None`: not shaped.
+    pub default_egress_rate: Option<Rate>,
 }
 
 impl Config {
@@ -153,6 +161,13 @@ impl Config {
             .nft_table
             .or(file.nft_table)
             .unwrap_or_else(|| "berth".into());
+        let default_egress_rate = match flags.default_egress_rate.or(file.default_egress_rate) {
+            Some(r) => {
+                let rate = parse_rate(&r, "--default-egress-rate").map_err(anyhow::Error::msg)?;
+                (rate.0 > 0).then_some(rate)
+            }
+            None => None,
+        };
         Ok(Config {
             hosts,
             data_root: flags
@@ -177,6 +192,7 @@ impl Config {
                 .or(file.cgroup_parent)
                 .unwrap_or_else(|| "/berth".into()),
             log_opts: file.log_opts.unwrap_or_default(),
+            default_egress_rate,
         })
     }
 }
@@ -206,6 +222,36 @@ mod tests {
         assert_eq!(c.exec_root, PathBuf::from("/run/berth"));
         assert_eq!(c.hosts, vec!["unix:///run/berth/berth.sock".to_string()]);
         assert_eq!(c.log_opts.get("max-size").map(String::as_str), Some("1m"));
+        Ok(())
+    }
+
+    #[test]
+    fn default_egress_rate_is_parsed_as_tc_does() -> anyhow::Result<()> {
+        let c = Config::load(Flags::parse_from([
+            "berthd",
+            "--default-egress-rate",
+            "100mbit",
+        ]))?;
+        assert_eq!(c.default_egress_rate, Some(Rate(12_500_000)));
+        let c = Config::load(Flags::parse_from(["berthd", "--default-egress-rate", "0"]))?;
+        assert_eq!(c.default_egress_rate, None);
+        let e = Config::load(Flags::parse_from([
+            "berthd",
+            "--default-egress-rate",
+            "100mb",
+        ]))
+        .expect_err("bad unit");
+        assert!(e
+            .to_string()
+            .starts_with("invalid --default-egress-rate \"100mb\""));
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("daemon.json");
+        std::fs::write(&f, r#"{"default-egress-rate":"10mbit"}"#)?;
+        let flags = Flags::parse_from(["berthd", "--config-file", f.to_str().unwrap_or_default()]);
+        assert_eq!(
+            Config::load(flags)?.default_egress_rate,
+            Some(Rate(1_250_000))
+        );
         Ok(())
     }
 

@@ -234,9 +234,16 @@ impl Containers {
         if let Some(sig) = body.stop_signal.as_deref().filter(|s| !s.is_empty()) {
             super::record::parse_signal(sig)?;
         }
+        let own_labels = body.labels.clone().unwrap_or_default();
         merge_config(&mut body, &image.1);
         // Bad port bindings are refused at create, as dockerd does (400).
         port_requests(&hc, body.exposed_ports.as_ref())?;
+        super::egress::validate_create(
+            body.labels.as_ref().unwrap_or(&own_labels),
+            &own_labels,
+            hc.network_mode.as_deref().unwrap_or(""),
+            self.egress.default_rate,
+        )?;
         let has_cmd = body.entrypoint.as_ref().is_some_and(|e| !e.is_empty())
             || body.cmd.as_ref().is_some_and(|c| !c.is_empty());
         if !has_cmd {

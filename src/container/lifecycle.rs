@@ -94,6 +94,7 @@ impl Containers {
         let merged = rootfs.mount(&lowers)?;
         let t_mount = t0.elapsed();
         let (attachment, netns) = self.setup_network(rec).await?;
+        self.apply_egress(rec, netns.as_deref(), true).await?;
         let t_net = t0.elapsed();
         let cdir = self.paths.container_dir(id);
         let etc = crate::network::write_etc_files(

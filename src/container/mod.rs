@@ -8,6 +8,7 @@
 
 pub mod bundle;
 pub mod create;
+pub mod egress;
 pub mod exec;
 pub mod lifecycle;
 pub mod monitor;
@@ -101,6 +102,8 @@ pub struct Containers {
     pub net: Arc<NetworkManager>,
     /// This generation's gate: background mutations run only while it serves.
     pub gate: Arc<Gate>,
+    /// Egress shaping: the shaper and the daemon's default rate.
+    pub egress: egress::EgressPolicy,
 }
 
 /// Current wall-clock time in ns since the epoch.
@@ -125,6 +128,7 @@ impl Containers {
         images: Arc<ImageStore>,
         net: Arc<NetworkManager>,
         gate: Arc<Gate>,
+        egress: egress::EgressPolicy,
     ) -> ApiResult<Arc<Self>> {
         let table = store.table("containers")?;
         let recs: HashMap<String, Record> = table.all::<Record>()?.into_iter().collect();
@@ -141,6 +145,7 @@ impl Containers {
             images,
             net,
             gate,
+            egress,
         }))
     }
 

@@ -222,6 +222,9 @@ impl Containers {
         for id in removals {
             self.spawn_remove(&id, "finishing interrupted removal");
         }
+        if !clean_takeover {
+            self.reapply_egress_soon();
+        }
         tracing::debug!(
             containers = ids.len(),
             net = ?t_net,

@@ -1,7 +1,8 @@
 //! Container networking (DESIGN.md "Networking"): the default `bridge` network (a Linux
 //! bridge, persisted IPAM, a veth per container, masquerade in berth's own nftables table),
 //! the `host` and `none` networks, `container:<id>` sharing, and the `/etc/hosts`,
-//! `/etc/hostname` and `/etc/resolv.conf` files dockerd writes for a container.
+//! `/etc/hostname` and `/etc/resolv.conf` files dockerd writes for a container, and
+//! per-container egress shaping ([`shaping`]).
 //!
 //! [`NetworkManager`] is the entry point; the daemon holds one behind an `Arc`. Kernel work
 //! goes through the [`Kernel`] trait ([`NetlinkKernel`] in production, a recording fake in
@@ -20,6 +21,7 @@ pub mod options;
 pub mod ports;
 mod publish;
 mod resource;
+pub mod shaping;
 pub mod sriov;
 mod types;
 

@@ -172,6 +172,16 @@ async fn create(d: &Daemon, req: Request) -> ApiResult<Response> {
     Ok(Response::json(201, &json!({"Id": rec.id, "Warnings": []})))
 }
 
+/// `POST /berth/containers/{id}/egress` with `{"Rate": "50mbit", "Burst": "64kb"}`:
+/// changes a running container's egress limit; answers the limit now in force.
+pub async fn set_egress(d: &Daemon, req: Request, id: &str) -> ApiResult<Response> {
+    let upd: crate::container::egress::EgressUpdate = json_body(req)?;
+    Ok(Response::json(
+        200,
+        &d.containers.set_egress(id, upd).await?,
+    ))
+}
+
 /// Routes `/exec/...`.
 pub async fn route_exec(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Response> {
     let c = &d.containers;

@@ -124,6 +124,10 @@ impl Daemon {
             images.clone(),
             net.clone(),
             gate.clone(),
+            crate::container::egress::EgressPolicy {
+                shaper: Default::default(),
+                default_rate: config.default_egress_rate,
+            },
         )
         .context("open container records")?;
         tracing::debug!(store = ?t_store, net = ?t_net, all = ?t0.elapsed(), "daemon state opened");

@@ -70,6 +70,10 @@ impl Router {
             ("GET", ["info"]) => system::info(d),
             ("GET", ["events"]) => events::events(d, &req),
             ("POST", ["berth", "upgrade"]) => super::upgrade::upgrade(d, &req),
+            ("POST", ["berth", "containers", id, "egress"]) => {
+                let id = id.to_string();
+                containers::set_egress(d, req, &id).await
+            }
             (_, ["images", _, ..]) => images::route(d, req).await,
             (_, ["containers", ..]) => {
                 let segs: Vec<String> = segs.iter().map(|s| s.to_string()).collect();
