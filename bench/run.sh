@@ -7,8 +7,9 @@
 # DOCKERD_ARGS adds dockerd flags (e.g. --iptables=false while other tests share the host).
 # BENCH=startup runs only these figures, BENCH=upgrade only bench/upgrade.sh (issue 3: live
 # upgrades under load against dockerd --live-restore), BENCH=egress only bench/egress.sh
-# (issue 4: egress shaping accuracy at 10/50/200 Mbit/s); the default runs all three, one
-# after the other.
+# (issue 4: egress shaping accuracy at 10/50/200 Mbit/s), BENCH=net only bench/net.sh (issue
+# 4: bridge throughput, network create/rm/connect times); the default runs all, one after
+# the other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -16,8 +17,9 @@ BENCH=${BENCH:-all}
 case $BENCH in
   upgrade) exec bash bench/upgrade.sh ;;
   egress) exec bash bench/egress.sh ;;
+  net) exec bash bench/net.sh ;;
   all|startup) ;;
-  *) echo "BENCH=$BENCH: expected all, startup, upgrade or egress" >&2; exit 2 ;;
+  *) echo "BENCH=$BENCH: expected all, startup, upgrade, egress or net" >&2; exit 2 ;;
 esac
 N=${N:-15}
 PAR=${PAR:-20}
@@ -120,5 +122,6 @@ if [ "$BENCH" = all ]; then
   cleanup
   bash bench/upgrade.sh || fail=1
   bash bench/egress.sh || fail=1
+  bash bench/net.sh || fail=1
 fi
 exit $fail
