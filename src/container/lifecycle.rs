@@ -167,10 +167,29 @@ impl Containers {
             }
             None => crate::network::NetMode::parse(&mode_str)?,
         };
+        // The endpoint settings of the network the container runs on (`--ip`,
+        // `--network-alias`), keyed by the name given in `--network`.
+        let ep = rec
+            .networking
+            .as_ref()
+            .and_then(|n| n.endpoints_config.as_ref())
+            .and_then(|m| m.get(&mode_str));
+        let ip = ep
+            .and_then(|e| e.ipam_config.as_ref())
+            .and_then(|c| c.ipv4_address.as_deref())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<std::net::Ipv4Addr>()
+                    .map_err(|_| ApiError::BadRequest(format!("invalid IPv4 address: {s}")))
+            })
+            .transpose()?;
+        let aliases = ep.and_then(|e| e.aliases.clone()).unwrap_or_default();
         let req = crate::network::NetRequest {
             mode,
             mac: rec.config.mac_address.clone().filter(|m| !m.is_empty()),
             name: rec.name.clone(),
+            ip,
+            aliases,
         };
         let att = self.net.ensure(&rec.id, &req).await?;
         let netns = att.sandbox_path();

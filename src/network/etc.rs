@@ -286,6 +286,9 @@ mod tests {
             mac: String::new(),
             host_veth: None,
             host_gateway: None,
+            ipam_ip: None,
+            aliases: Vec::new(),
+            user_network: false,
         }
     }
 

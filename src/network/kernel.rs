@@ -83,6 +83,9 @@ pub trait Kernel: Send + Sync + 'static {
     /// Creates the veth pair described by `spec` and configures the container side inside
     /// its netns (address, up, default route). Removes a stale `spec.ifname` there first.
     fn add_veth(&self, spec: &VethSpec) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Destinations of the host's IPv4 routes in the main table, without the default route
+    /// (a new network's subnet must not overlap any of them).
+    fn ipv4_routes(&self) -> impl Future<Output = ApiResult<Vec<ipnet::Ipv4Net>>> + Send;
     /// Deletes a link of the host namespace (its veth peer goes with it).
     fn delete_link(&self, name: &str) -> impl Future<Output = ApiResult<()>> + Send;
     /// Counters of every interface but `lo` inside a netns.

@@ -1,12 +1,14 @@
 //! Container networking (DESIGN.md "Networking"): the default `bridge` network (a Linux
 //! bridge, persisted IPAM, a veth per container, masquerade in berth's own nftables table),
-//! the `host` and `none` networks, `container:<id>` sharing, and the `/etc/hosts`,
+//! user-defined bridge networks (`docker network create`, each with its own bridge, IPAM
+//! and rules), the `host` and `none` networks, `container:<id>` sharing, and the `/etc/hosts`,
 //! `/etc/hostname` and `/etc/resolv.conf` files dockerd writes for a container.
 //!
 //! [`NetworkManager`] is the entry point; the daemon holds one behind an `Arc`. Kernel work
 //! goes through the [`Kernel`] trait ([`NetlinkKernel`] in production, a recording fake in
 //! unit tests).
 
+mod endpoint;
 mod etc;
 mod firewall;
 mod ipam;
@@ -14,13 +16,17 @@ mod kernel;
 mod manager;
 mod netlink;
 mod netns;
+mod netobj;
 mod resource;
 mod types;
+mod usernet;
 
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_user;
 
 pub use etc::{write_etc_files, EtcFiles};
 pub use ipam::Lease;

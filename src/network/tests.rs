@@ -36,6 +36,7 @@ fn bridge_req(name: &str) -> NetRequest {
         mode: NetMode::Bridge,
         name: name.into(),
         mac: None,
+        ..Default::default()
     }
 }
 
@@ -51,7 +52,7 @@ async fn open_sets_up_bridge_forwarding_and_firewall_once() -> anyhow::Result<()
         );
         assert!(st.forward);
         let nft = st.nft.clone().unwrap_or_default();
-        assert_eq!(nft.chains, vec!["postrouting", "forward"]);
+        assert_eq!(nft.chains, vec!["isolation", "postrouting", "forward"]);
         let comments: Vec<_> = nft.rules.iter().filter_map(|r| r.2.clone()).collect();
         assert_eq!(
             comments,
@@ -193,6 +194,7 @@ async fn host_none_and_container_modes() -> anyhow::Result<()> {
                 mode: NetMode::Host,
                 name: "h".into(),
                 mac: None,
+                ..Default::default()
             },
         )
         .await?;
@@ -210,6 +212,7 @@ async fn host_none_and_container_modes() -> anyhow::Result<()> {
                 mode: NetMode::None,
                 name: "n".into(),
                 mac: None,
+                ..Default::default()
             },
         )
         .await?;
@@ -221,6 +224,7 @@ async fn host_none_and_container_modes() -> anyhow::Result<()> {
         mode: NetMode::Container(path.clone()),
         name: "s".into(),
         mac: None,
+        ..Default::default()
     };
     let s = m.ensure("s", &req).await?;
     assert_eq!(s.sandbox_path(), Some(m.netns_path("n")));
@@ -250,6 +254,7 @@ async fn reconcile_removes_only_dead_containers_things() -> anyhow::Result<()> {
             mode: NetMode::None,
             name: "c".into(),
             mac: None,
+            ..Default::default()
         },
     )
     .await?;
