@@ -408,3 +408,84 @@ fn containers_on_a_user_network() {
     d.ok(&["network", "rm", "app", "other", "plain"]);
     assert_eq!(d.ok(&["network", "ls", "-q"]).lines().count(), 3);
 }
+
+#[test]
+fn names_resolve_between_peers_without_the_daemon() {
+    if !is_root() {
+        return;
+    }
+    let bridges = Bridges::default();
+    let mut d = Daemon::start();
+    d.import_busybox("bb:test");
+    let s = subnets(&d);
+    bridges.add(&d.ok(&["network", "create", "--subnet", &s[3], "names"]));
+    let a = d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "alpha",
+        "--network",
+        "names",
+        "--network-alias",
+        "db",
+        "bb:test",
+        "sleep",
+        "1000",
+    ]);
+    let b = d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "beta",
+        "--network",
+        "names",
+        "bb:test",
+        "sleep",
+        "1000",
+    ]);
+    let ping = |d: &Daemon, from: &str, to: &str| {
+        d.ok(&["exec", from, "ping", "-c1", "-W1", to]);
+    };
+    // Both directions, by name, alias and short id (the first container learns of the
+    // second after it started).
+    ping(&d, "beta", "alpha");
+    ping(&d, "beta", "db");
+    ping(&d, "beta", &a[..12]);
+    ping(&d, "alpha", "beta");
+    ping(&d, "alpha", &b[..12]);
+    // A container on the default bridge is not a peer.
+    let out = d.docker(&["run", "--rm", "bb:test", "ping", "-c1", "-W1", "alpha"]);
+    assert!(!out.status.success());
+
+    // With the daemon killed, names still resolve (nothing of the daemon is asked): ping
+    // from inside beta's namespaces while no berthd runs.
+    let beta_pid = d.ok(&["inspect", "-f", "{{.State.Pid}}", "beta"]);
+    d.kill9();
+    let hosts_b = d.path(&format!("d/containers/{b}/hosts"));
+    let text = std::fs::read_to_string(&hosts_b).expect("hosts of beta");
+    assert!(text.contains("alpha db"), "{text}");
+    for name in ["alpha", "db", &a[..12]] {
+        let out = Command::new("nsenter")
+            .args(["-t", &beta_pid, "-m", "-n", "/bin/ping", "-c1", "-W1", name])
+            .output()
+            .expect("nsenter");
+        assert!(
+            out.status.success(),
+            "{name} did not resolve with the daemon down: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    d.spawn();
+    ping(&d, "beta", "alpha");
+    ping(&d, "alpha", "beta");
+
+    // A peer that stops leaves the others' hosts files; one that starts again comes back.
+    d.ok(&["stop", "-t", "0", "beta"]);
+    let out = d.docker(&["exec", "alpha", "ping", "-c1", "-W1", "beta"]);
+    assert!(
+        !out.status.success(),
+        "beta still resolves after it stopped"
+    );
+    d.ok(&["start", "beta"]);
+    ping(&d, "alpha", "beta");
+}

@@ -104,6 +104,12 @@ impl Containers {
             rec.host_config.dns_search.as_deref().unwrap_or(&[]),
             rec.host_config.dns_options.as_deref().unwrap_or(&[]),
         )?;
+        if attachment.as_ref().is_some_and(|a| a.user_network) {
+            // Peers on user networks find each other through their hosts files.
+            if let Err(e) = self.net.refresh_hosts() {
+                tracing::warn!(%id, error = %e, "updating the hosts files of network peers");
+            }
+        }
         let att_json = attachment.as_ref().map(serde_json::to_value).transpose()?;
         self.update(id, |r| r.attachment = att_json)?;
         let bundle = self.write_bundle(rec, &merged, netns.as_deref(), &etc)?;
@@ -190,6 +196,7 @@ impl Containers {
             name: rec.name.clone(),
             ip,
             aliases,
+            hosts_file: Some(self.paths.container_dir(&rec.id).join("hosts")),
         };
         let att = self.net.ensure(&rec.id, &req).await?;
         let netns = att.sandbox_path();

@@ -120,12 +120,20 @@ impl<K: Kernel> NetworkManager<K> {
             mac: format_mac(&want_mac.unwrap_or_else(|| mac_for_ip(ip))),
             endpoint_id: endpoint_id(ep.id, cid),
             veth: None,
+            aliases: req.aliases.clone(),
+            hosts: req.hosts_file.clone(),
         })?;
         let mac = want_mac.unwrap_or_else(|| mac_for_ip(lease.ip));
         let mac_changed = lease.mac != format_mac(&mac);
-        if lease.name != req.name || mac_changed {
+        if lease.name != req.name
+            || mac_changed
+            || lease.aliases != req.aliases
+            || lease.hosts != req.hosts_file
+        {
             lease.name = req.name.clone();
             lease.mac = format_mac(&mac);
+            lease.aliases = req.aliases.clone();
+            lease.hosts = req.hosts_file.clone();
             ep.ipam.update(&lease)?;
         }
         if let (false, false, Some(v)) = (fresh, mac_changed, &lease.veth) {
@@ -217,6 +225,7 @@ impl<K: Kernel> NetworkManager<K> {
                 self.leases.put(&key, &l)?;
             }
         }
+        self.refresh_hosts_logged();
         Ok(())
     }
 
@@ -236,6 +245,7 @@ impl<K: Kernel> NetworkManager<K> {
                 self.leases.remove(&key)?;
             }
         }
+        self.refresh_hosts_logged();
         if let Ok(mut map) = self.locks.lock() {
             map.remove(container_id);
         }
@@ -282,6 +292,7 @@ impl<K: Kernel> NetworkManager<K> {
                 }
             }
         }
+        self.refresh_hosts_logged();
         Ok(())
     }
 }

@@ -33,6 +33,12 @@ pub struct Lease {
     pub endpoint_id: String,
     /// Host side of the veth pair, once it has been set up.
     pub veth: Option<String>,
+    /// `--network-alias` (user networks: peers find the container by them).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The container's hosts file, kept up to date with its peers (user networks).
+    #[serde(default)]
+    pub hosts: Option<std::path::PathBuf>,
 }
 
 /// The lease table of one subnet.
@@ -203,6 +209,8 @@ mod tests {
             mac: String::new(),
             endpoint_id: String::new(),
             veth: None,
+            aliases: Vec::new(),
+            hosts: None,
         }
     }
 

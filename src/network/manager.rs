@@ -39,6 +39,8 @@ pub struct NetworkManager<K: Kernel = NetlinkKernel> {
     pub(super) lease_lock: Arc<Mutex<()>>,
     /// Serializes network create/remove.
     pub(super) net_lock: tokio::sync::Mutex<()>,
+    /// Serializes rewrites of the containers' hosts files.
+    pub(super) hosts_lock: Mutex<()>,
     pub(super) locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -129,6 +131,7 @@ impl<K: Kernel> NetworkManager<K> {
             leases: store.table("leases")?,
             lease_lock: Arc::new(Mutex::new(())),
             net_lock: tokio::sync::Mutex::new(()),
+            hosts_lock: Mutex::new(()),
             kernel: Arc::new(kernel),
             cfg,
             subnet,

@@ -11,6 +11,7 @@
 mod endpoint;
 mod etc;
 mod firewall;
+mod hosts;
 mod ipam;
 mod kernel;
 mod manager;

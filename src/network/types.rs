@@ -142,6 +142,9 @@ pub struct NetRequest {
     pub ip: Option<Ipv4Addr>,
     /// `--network-alias`.
     pub aliases: Vec<String>,
+    /// The container's hosts file (bind-mounted as `/etc/hosts`): on user networks berth
+    /// keeps the names of its peers in it.
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// A container's network attachment; the daemon stores it with the container and fills
