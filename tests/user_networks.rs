@@ -489,3 +489,117 @@ fn names_resolve_between_peers_without_the_daemon() {
     d.ok(&["start", "beta"]);
     ping(&d, "alpha", "beta");
 }
+
+#[test]
+fn connect_and_disconnect_running_and_stopped_containers() {
+    if !is_root() {
+        return;
+    }
+    let bridges = Bridges::default();
+    let mut d = Daemon::start();
+    d.import_busybox("bb:test");
+    let s = subnets(&d);
+    bridges.add(&d.ok(&["network", "create", "--subnet", &s[0], "front"]));
+    bridges.add(&d.ok(&["network", "create", "--subnet", &s[1], "back"]));
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "app",
+        "--network",
+        "front",
+        "bb:test",
+        "sleep",
+        "1000",
+    ]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "db1",
+        "--network",
+        "back",
+        "bb:test",
+        "sleep",
+        "1000",
+    ]);
+    let fixed = addr(&s[1], 30);
+    d.ok(&[
+        "network", "connect", "--ip", &fixed, "--alias", "api", "back", "app",
+    ]);
+    let v = inspect(&d, &["app"]);
+    let nets = &v["NetworkSettings"]["Networks"];
+    assert_eq!(nets["back"]["IPAddress"], fixed.as_str(), "{nets}");
+    assert_eq!(
+        nets["front"]["IPAddress"],
+        addr(&s[0], 2).as_str(),
+        "{nets}"
+    );
+    assert_eq!(nets["back"]["Aliases"][0], "api");
+    let ifs = d.ok(&["exec", "app", "ip", "-o", "-4", "addr"]);
+    assert!(ifs.contains("eth1") && ifs.contains(&fixed), "{ifs}");
+    // The default route stays on the first network.
+    let routes = d.ok(&["exec", "app", "ip", "route"]);
+    let defaults: Vec<&str> = routes
+        .lines()
+        .filter(|l| l.starts_with("default"))
+        .collect();
+    assert_eq!(defaults.len(), 1, "{routes}");
+    assert!(
+        defaults[0].contains(&addr(&s[0], 1)) && defaults[0].contains("eth0"),
+        "{routes}"
+    );
+    assert!(routes.contains(&format!("{} dev eth1", s[1])), "{routes}");
+    // Peers on the new network reach it by address, name and alias.
+    d.ok(&["exec", "db1", "ping", "-c1", "-W1", &fixed]);
+    d.ok(&["exec", "db1", "ping", "-c1", "-W1", "app"]);
+    d.ok(&["exec", "db1", "ping", "-c1", "-W1", "api"]);
+    let n = net_inspect(&d, "back");
+    assert_eq!(n["Containers"].as_object().map(|m| m.len()), Some(2));
+
+    let e = d.fails(&["network", "connect", "back", "app"]);
+    assert!(
+        e.contains("endpoint with name app already exists in network back"),
+        "{e}"
+    );
+
+    // Disconnect: the interface, the address and the name go.
+    d.ok(&["network", "disconnect", "back", "app"]);
+    let ifs = d.ok(&["exec", "app", "ip", "-o", "-4", "addr"]);
+    assert!(!ifs.contains("eth1"), "{ifs}");
+    let out = d.docker(&["exec", "db1", "ping", "-c1", "-W1", "app"]);
+    assert!(!out.status.success(), "app still resolves on back");
+    assert!(inspect(&d, &["app"])["NetworkSettings"]["Networks"]["back"].is_null());
+    let e = d.fails(&["network", "disconnect", "back", "app"]);
+    assert!(e.contains("is not connected to network back"), "{e}");
+
+    // A stopped container: connected now, interface at its next start, kept across a
+    // daemon kill -9.
+    d.ok(&["stop", "-t", "0", "app"]);
+    d.ok(&["network", "connect", "back", "app"]);
+    d.ok(&["start", "app"]);
+    let ip = d.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.back.IPAddress}}",
+        "app",
+    ]);
+    assert!(!ip.is_empty());
+    let ifs = d.ok(&["exec", "app", "ip", "-o", "-4", "addr"]);
+    assert!(ifs.contains("eth1") && ifs.contains(&ip), "{ifs}");
+    d.kill9();
+    d.spawn();
+    d.ok(&["restart", "-t", "0", "app"]);
+    assert_eq!(
+        d.ok(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.Networks.back.IPAddress}}",
+            "app"
+        ]),
+        ip
+    );
+    d.ok(&["exec", "db1", "ping", "-c1", "-W1", "app"]);
+    let e = d.fails(&["network", "connect", "back", "nosuchctr"]);
+    assert!(e.contains("No such container: nosuchctr"), "{e}");
+}

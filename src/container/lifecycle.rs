@@ -104,14 +104,30 @@ impl Containers {
             rec.host_config.dns_search.as_deref().unwrap_or(&[]),
             rec.host_config.dns_options.as_deref().unwrap_or(&[]),
         )?;
-        if attachment.as_ref().is_some_and(|a| a.user_network) {
+        // Networks joined with `docker network connect` (eth1, eth2, …).
+        let extra = match &netns {
+            Some(_) if attachment.as_ref().is_some_and(|a| a.has_endpoint()) => {
+                self.net
+                    .ensure_connected(id, &rec.name, Some(cdir.join("hosts")))
+                    .await?
+            }
+            _ => Vec::new(),
+        };
+        if attachment.as_ref().is_some_and(|a| a.user_network) || !extra.is_empty() {
             // Peers on user networks find each other through their hosts files.
             if let Err(e) = self.net.refresh_hosts() {
                 tracing::warn!(%id, error = %e, "updating the hosts files of network peers");
             }
         }
         let att_json = attachment.as_ref().map(serde_json::to_value).transpose()?;
-        self.update(id, |r| r.attachment = att_json)?;
+        let extra_json = extra
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.update(id, |r| {
+            r.attachment = att_json;
+            r.extra_attachments = extra_json;
+        })?;
         let bundle = self.write_bundle(rec, &merged, netns.as_deref(), &etc)?;
         let shim_cfg = self.write_shim_config(rec, &bundle)?;
         self.retire_previous_shim(id).await;

@@ -170,6 +170,17 @@ pub fn network_settings(rec: &Record) -> Value {
             }
         }
     }
+    if rec.state.status.is_live() {
+        for a in rec
+            .extra_attachments
+            .iter()
+            .filter_map(|v| serde_json::from_value::<crate::network::Attachment>(v.clone()).ok())
+        {
+            let mut al = a.aliases.clone();
+            al.push(rec.short_id().to_string());
+            networks.insert(a.network.clone(), endpoint_json(&a, json!(al)));
+        }
+    }
     if networks.is_empty() && !mode.starts_with("container:") {
         networks.insert(net_name, json!({
             "IPAMConfig": null, "Links": null, "Aliases": null, "NetworkID": "", "EndpointID": "",

@@ -23,6 +23,10 @@ pub(super) struct EpNet<'a> {
     pub ipam: &'a Ipam,
     /// Whether the network is user-defined.
     pub user: bool,
+    /// Interface name inside the container (`eth0` for the `NetworkMode` network).
+    pub ifname: String,
+    /// Joined with `docker network connect`: no default route, remembered in the lease.
+    pub extra: bool,
 }
 
 impl<K: Kernel> NetworkManager<K> {
@@ -48,6 +52,8 @@ impl<K: Kernel> NetworkManager<K> {
             bridge: self.bridge_spec(),
             ipam: &self.ipam,
             user: false,
+            ifname: "eth0".into(),
+            extra: false,
         };
         self.ensure_endpoint(cid, req, &ep).await
     }
@@ -73,6 +79,8 @@ impl<K: Kernel> NetworkManager<K> {
             bridge: Self::user_bridge_spec(&spec),
             ipam: &ipam,
             user: true,
+            ifname: "eth0".into(),
+            extra: false,
         };
         self.ensure_endpoint(cid, req, &ep).await
     }
@@ -101,7 +109,7 @@ impl<K: Kernel> NetworkManager<K> {
         }
     }
 
-    async fn ensure_endpoint(
+    pub(super) async fn ensure_endpoint(
         &self,
         cid: &str,
         req: &NetRequest,
@@ -122,6 +130,8 @@ impl<K: Kernel> NetworkManager<K> {
             veth: None,
             aliases: req.aliases.clone(),
             hosts: req.hosts_file.clone(),
+            connected_as: ep.extra.then(|| ep.ifname.clone()),
+            requested_ip: req.ip,
         })?;
         let mac = want_mac.unwrap_or_else(|| mac_for_ip(lease.ip));
         let mac_changed = lease.mac != format_mac(&mac);
@@ -151,11 +161,12 @@ impl<K: Kernel> NetworkManager<K> {
             host: host.clone(),
             bridge: ep.bridge.name.clone(),
             netns: path.clone(),
-            ifname: "eth0".into(),
+            ifname: ep.ifname.clone(),
             mac,
             ip: lease.ip,
             prefix_len,
             gateway: ep.bridge.gateway,
+            default_route: !ep.extra,
             mtu: ep.bridge.mtu,
         };
         if let Err(e) = self.kernel.add_veth(&spec).await {
@@ -170,7 +181,7 @@ impl<K: Kernel> NetworkManager<K> {
     }
 
     /// The container's leases on user networks, with their store keys.
-    fn user_leases_of(&self, cid: &str) -> ApiResult<Vec<(String, Lease)>> {
+    pub(super) fn user_leases_of(&self, cid: &str) -> ApiResult<Vec<(String, Lease)>> {
         Ok(self
             .leases
             .all::<Lease>()?

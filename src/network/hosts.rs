@@ -144,6 +144,8 @@ mod tests {
             veth: up.then(|| "veth1".to_string()),
             aliases: vec!["al".into()],
             hosts: Some(hosts.to_path_buf()),
+            connected_as: None,
+            requested_ip: None,
         }
     }
 

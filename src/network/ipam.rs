@@ -39,6 +39,13 @@ pub struct Lease {
     /// The container's hosts file, kept up to date with its peers (user networks).
     #[serde(default)]
     pub hosts: Option<std::path::PathBuf>,
+    /// Set for a network joined with `docker network connect` (not the container's
+    /// `NetworkMode`): its interface name (`eth1`, `eth2`, …) inside the container.
+    #[serde(default)]
+    pub connected_as: Option<String>,
+    /// `--ip` given at connect (kept for the container's next start).
+    #[serde(default)]
+    pub requested_ip: Option<Ipv4Addr>,
 }
 
 /// The lease table of one subnet.
@@ -211,6 +218,8 @@ mod tests {
             veth: None,
             aliases: Vec::new(),
             hosts: None,
+            connected_as: None,
+            requested_ip: None,
         }
     }
 

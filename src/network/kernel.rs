@@ -37,8 +37,11 @@ pub struct VethSpec {
     pub ip: Ipv4Addr,
     /// Prefix length of `ip`.
     pub prefix_len: u8,
-    /// Default route via this address.
+    /// The network's gateway.
     pub gateway: Ipv4Addr,
+    /// Whether the container's default route goes via `gateway` (only on the first network
+    /// of a container; further networks add just their connected subnet).
+    pub default_route: bool,
     /// MTU of both ends.
     pub mtu: u32,
 }

@@ -8,6 +8,7 @@
 //! goes through the [`Kernel`] trait ([`NetlinkKernel`] in production, a recording fake in
 //! unit tests).
 
+mod connect;
 mod endpoint;
 mod etc;
 mod firewall;

@@ -299,17 +299,19 @@ impl Kernel for NetlinkKernel {
             .execute()
             .await
             .map_err(|e| nl_err(&format!("{step}: add address {}", spec.ip), e))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(spec.gateway)
-            .output_interface(idx)
-            .build();
-        inner
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| nl_err(&format!("{step}: add default route"), e))?;
+        if spec.default_route {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(spec.gateway)
+                .output_interface(idx)
+                .build();
+            inner
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl_err(&format!("{step}: add default route"), e))?;
+        }
         Ok(())
     }
 

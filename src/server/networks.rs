@@ -6,7 +6,7 @@ use super::http::{Request, Response};
 use super::Daemon;
 use crate::error::{ApiError, ApiResult};
 use crate::network::NetworkResource;
-use berth_api::models::NetworkCreateRequest;
+use berth_api::models::{NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 
@@ -55,6 +55,20 @@ pub async fn route(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Respons
             }
             Ok(Response::json(200, &json!({ "NetworksDeleted": gone })))
         }
+        ("POST", ["networks", net, "connect"]) => {
+            let bytes = req.body.bytes().map_err(ApiError::BadRequest)?;
+            let body: NetworkConnectRequest = serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+            connect(d, net, body).await?;
+            Ok(Response::empty(200))
+        }
+        ("POST", ["networks", net, "disconnect"]) => {
+            let bytes = req.body.bytes().map_err(ApiError::BadRequest)?;
+            let body: NetworkDisconnectRequest = serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+            disconnect(d, net, body).await?;
+            Ok(Response::empty(200))
+        }
         ("DELETE", ["networks", id]) => {
             let r = d.net.inspect(id)?;
             d.net.remove_network(id).await?;
@@ -66,6 +80,92 @@ pub async fn route(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Respons
             req.path
         ))),
     }
+}
+
+/// The container of a connect/disconnect request, refused when it shares another
+/// namespace (host, `container:`) or has none (`none`), as dockerd does.
+fn connectable(d: &Daemon, name: Option<&str>) -> ApiResult<crate::container::record::Record> {
+    let name = name.unwrap_or_default();
+    let rec = d.containers.lookup(name)?;
+    let mode = rec.host_config.network_mode.clone().unwrap_or_default();
+    if mode == "host" || mode.starts_with("container:") {
+        return Err(ApiError::Forbidden(
+            "container sharing network namespace with another container or host cannot be \
+             connected to any other network"
+                .into(),
+        ));
+    }
+    if mode == "none" {
+        return Err(ApiError::Forbidden(
+            "container cannot be connected to multiple networks with one of the networks in \
+             private (none) mode"
+                .into(),
+        ));
+    }
+    Ok(rec)
+}
+
+async fn connect(d: &Daemon, net: &str, body: NetworkConnectRequest) -> ApiResult<()> {
+    let rec = connectable(d, body.container.as_deref())?;
+    let _g = d.containers.lock(&rec.id).await;
+    let rec = d.containers.lookup(&rec.id)?;
+    let ep = body.endpoint_config.unwrap_or_default();
+    let ip = ep
+        .ipam_config
+        .as_ref()
+        .and_then(|c| c.ipv4_address.as_deref())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<std::net::Ipv4Addr>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid IPv4 address: {s}")))
+        })
+        .transpose()?;
+    let req = crate::network::NetRequest {
+        mode: crate::network::NetMode::User(net.to_string()),
+        name: rec.name.clone(),
+        mac: None,
+        ip,
+        aliases: ep.aliases.unwrap_or_default(),
+        hosts_file: Some(d.containers.paths.container_dir(&rec.id).join("hosts")),
+    };
+    let running = rec.state.status.is_live();
+    let att = d.net.connect(&rec.id, net, &req, running).await?;
+    let n = d.net.inspect(net)?;
+    if let Some(att) = att {
+        let v = serde_json::to_value(&att)?;
+        d.containers
+            .update(&rec.id, |r| r.extra_attachments.push(v))?;
+    }
+    publish_endpoint(d, "connect", &n.id, &n.name, &rec.id);
+    Ok(())
+}
+
+async fn disconnect(d: &Daemon, net: &str, body: NetworkDisconnectRequest) -> ApiResult<()> {
+    let name = body.container.unwrap_or_default();
+    let rec = d.containers.lookup(&name)?;
+    let _g = d.containers.lock(&rec.id).await;
+    let net_name = d.net.inspect(net)?.name;
+    let net_id = d.net.disconnect(&rec.id, net).await?;
+    d.containers.update(&rec.id, |r| {
+        let on_net = |v: &serde_json::Value| {
+            v.get("network_id").and_then(|x| x.as_str()) == Some(net_id.as_str())
+        };
+        r.extra_attachments.retain(|v| !on_net(v));
+        if r.attachment.as_ref().is_some_and(on_net) {
+            r.attachment = None;
+        }
+    })?;
+    publish_endpoint(d, "disconnect", &net_id, &net_name, &rec.id);
+    Ok(())
+}
+
+fn publish_endpoint(d: &Daemon, action: &str, net_id: &str, net: &str, cid: &str) {
+    let attrs = BTreeMap::from([
+        ("container".to_string(), cid.to_string()),
+        ("name".to_string(), net.to_string()),
+        ("type".to_string(), "bridge".to_string()),
+    ]);
+    d.events.publish("network", action, net_id, attrs);
 }
 
 fn publish(d: &Daemon, action: &str, id: &str, name: &str) {
