@@ -251,3 +251,86 @@ async fn restart_restores_bridges_and_finishes_removals() -> anyhow::Result<()> 
     assert!(m.inspect("keep")?.containers.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn connect_adds_interfaces_without_default_route_and_restores_them() -> anyhow::Result<()> {
+    let e = env()?;
+    let m = NetworkManager::open_with(e.cfg.clone(), &e.store, FakeKernel::default()).await?;
+    for (name, sub) in [
+        ("a", "10.7.0.0/24"),
+        ("b", "10.8.0.0/24"),
+        ("c", "10.9.0.0/24"),
+    ] {
+        m.create_network(&create_req(&format!(
+            r#"{{"Name":"{name}","IPAM":{{"Config":[{{"Subnet":"{sub}"}}]}}}}"#
+        ))?)
+        .await?;
+    }
+    m.ensure("c1", &user_req("a", "c1", None)).await?;
+    let b = m
+        .connect(
+            "c1",
+            "b",
+            &user_req("b", "c1", Some("10.8.0.9".parse()?)),
+            true,
+        )
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no attachment"))?;
+    assert_eq!(b.ip, Some(Ipv4Addr::new(10, 8, 0, 9)));
+    let again = m
+        .connect("c1", "b", &user_req("b", "c1", None), true)
+        .await
+        .err();
+    assert_eq!(
+        again,
+        Some(ApiError::Forbidden(
+            "endpoint with name c1 already exists in network b".into()
+        ))
+    );
+    // Stopped-style connect: address reserved, no veth yet.
+    assert!(m
+        .connect("c1", "c", &user_req("c", "c1", None), false)
+        .await?
+        .is_none());
+    {
+        let st = m.kernel().st();
+        let mut ifs: Vec<(String, bool)> = st
+            .peers
+            .values()
+            .map(|p| (p.ifname.clone(), p.default_route))
+            .collect();
+        ifs.sort();
+        assert_eq!(ifs, vec![("eth0".into(), true), ("eth1".into(), false)]);
+    }
+    // The next start brings eth1 and eth2 (idempotent for the one that exists).
+    m.kernel().clear_calls();
+    let extra = m.ensure_connected("c1", "c1", None).await?;
+    assert_eq!(extra.len(), 2);
+    assert_eq!(
+        m.kernel().st().calls.len(),
+        1,
+        "{:?}",
+        m.kernel().st().calls
+    );
+    let names: Vec<String> = m
+        .kernel()
+        .st()
+        .peers
+        .values()
+        .map(|p| p.ifname.clone())
+        .collect();
+    assert!(names.contains(&"eth2".to_string()), "{names:?}");
+    // Disconnect: veth and lease go; a second time is an error.
+    m.disconnect("c1", "b").await?;
+    assert!(m.inspect("b")?.containers.is_empty());
+    let not = m.disconnect("c1", "b").await.err();
+    assert!(
+        matches!(not, Some(ApiError::Forbidden(m)) if m.contains("is not connected to network b"))
+    );
+    // Stop keeps the connected lease; removal drops everything.
+    m.detach("c1").await?;
+    assert_eq!(m.ensure_connected("c1", "c1", None).await?.len(), 1);
+    m.release("c1").await?;
+    assert!(m.inspect("c")?.containers.is_empty() && m.inspect("a")?.containers.is_empty());
+    Ok(())
+}
