@@ -316,6 +316,12 @@ fn containers_on_a_user_network() {
         assert!(ips.insert(ip.clone()), "{ip} given twice");
     }
     assert_eq!(ips.len(), 8);
+    // Networks are isolated from each other (and from the default bridge), as in dockerd.
+    let any_other = ips.iter().next().cloned().unwrap_or_default();
+    let out = d.docker(&["exec", "ca", "ping", "-c1", "-W1", &any_other]);
+    assert!(!out.status.success(), "app reached other ({any_other})");
+    let out = d.docker(&["run", "--rm", "bb:test", "ping", "-c1", "-W1", &fixed]);
+    assert!(!out.status.success(), "the default bridge reached app");
 
     // Removing the containers frees the network.
     let all = d.ok(&["ps", "-aq"]);

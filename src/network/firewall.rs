@@ -102,6 +102,22 @@ pub(crate) fn network_rules(
     rules
 }
 
+/// dockerd's isolation between networks: drops of whatever goes from `bridge` to any of
+/// the `others` (each bridge owns the drops of its outbound side, so removing a network
+/// removes its own drops and, through the others' wanted lists, theirs toward it).
+pub(crate) fn isolation_rules(bridge: &str, others: &[&str]) -> Vec<Rule> {
+    let owner = bridge_owner(bridge);
+    others
+        .iter()
+        .filter(|o| **o != bridge)
+        .map(|o| Rule {
+            chain: "isolation".into(),
+            body: format!("iifname \"{bridge}\" oifname \"{o}\" drop"),
+            comment: format!("{owner} isolate from {o}"),
+        })
+        .collect()
+}
+
 /// The owner named in a rule comment of the form `bridge <name>: ...`.
 pub(crate) fn comment_bridge(comment: &str) -> Option<&str> {
     comment
@@ -326,6 +342,10 @@ mod tests {
         let s = plan_all("tb", Some(&l), &owners, false).unwrap_or_default();
         assert_eq!(s.matches("delete rule").count(), 0);
         assert_eq!(comment_bridge("bridge br-x: accept"), Some("br-x"));
+        let iso = isolation_rules("br-1", &["bt0", "br-1", "br-2"]);
+        assert_eq!(iso.len(), 2);
+        assert_eq!(iso[0].body, "iifname \"br-1\" oifname \"bt0\" drop");
+        assert_eq!(iso[1].comment, "bridge br-1: isolate from br-2");
         assert_eq!(comment_bridge("ports: x"), None);
         Ok(())
     }

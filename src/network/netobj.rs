@@ -5,7 +5,8 @@
 //! next start either restores or finishes removing ([`NetworkManager::restore_user_networks`]).
 
 use super::firewall::{
-    bridge_owner, bridge_rules, foreign_forward_drops, network_rules, parse_listing, plan_all,
+    bridge_owner, bridge_rules, foreign_forward_drops, isolation_rules, network_rules,
+    parse_listing, plan_all,
 };
 use super::ipam::{Ipam, Lease};
 use super::kernel::{BridgeSpec, Kernel};
@@ -253,23 +254,25 @@ impl<K: Kernel> NetworkManager<K> {
         Ok(())
     }
 
-    /// Brings berth's nft table to the rules of the default bridge and every user network;
-    /// rules of bridges no longer known are deleted, rules that are right stay.
+    /// Brings berth's nft table to the rules of the default bridge and every user network
+    /// (with dockerd's isolation: no traffic between two networks); rules of bridges no
+    /// longer known are deleted, rules that are right stay.
     pub(crate) async fn sync_firewall(&self) -> ApiResult<()> {
         let table = &self.cfg.nft_table;
         let listing = match self.kernel.nft_list(&format!("table inet {table}")).await? {
             Some(json) => Some(parse_listing(&json)?),
             None => None,
         };
-        let mut owners = vec![(
-            bridge_owner(&self.cfg.bridge),
-            bridge_rules(&self.cfg.bridge, self.subnet.net),
-        )];
-        for (_, s) in self.user_records()? {
-            owners.push((
-                bridge_owner(&s.bridge),
-                network_rules(&s.bridge, s.subnet, s.masquerade, s.internal),
-            ));
+        let users = self.user_records()?;
+        let mut all: Vec<&str> = vec![self.cfg.bridge.as_str()];
+        all.extend(users.iter().map(|(_, s)| s.bridge.as_str()));
+        let mut default_rules = bridge_rules(&self.cfg.bridge, self.subnet.net);
+        default_rules.extend(isolation_rules(&self.cfg.bridge, &all));
+        let mut owners = vec![(bridge_owner(&self.cfg.bridge), default_rules)];
+        for (_, s) in &users {
+            let mut rules = network_rules(&s.bridge, s.subnet, s.masquerade, s.internal);
+            rules.extend(isolation_rules(&s.bridge, &all));
+            owners.push((bridge_owner(&s.bridge), rules));
         }
         if let Some(script) = plan_all(table, listing.as_ref(), &owners, true) {
             tracing::debug!(%script, "applying nftables changes");
