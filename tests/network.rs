@@ -123,6 +123,7 @@ fn req(name: &str) -> NetRequest {
         mode: NetMode::Bridge,
         name: name.into(),
         mac: None,
+        ..Default::default()
     }
 }
 
@@ -211,6 +212,7 @@ async fn bridge_containers_talk_and_release_cleans_up() -> anyhow::Result<()> {
                 mode: NetMode::None,
                 name: "ext".into(),
                 mac: None,
+                ..Default::default()
             },
         )
         .await?;
@@ -350,6 +352,7 @@ async fn none_mode_has_only_loopback_and_host_mode_no_namespace() -> anyhow::Res
         mode: NetMode::None,
         name: "n".into(),
         mac: None,
+        ..Default::default()
     };
     let a = m.ensure(&cid(20), &none).await?;
     let ns = a
@@ -363,6 +366,7 @@ async fn none_mode_has_only_loopback_and_host_mode_no_namespace() -> anyhow::Res
         mode: NetMode::Container(ns.to_string_lossy().into_owned()),
         name: "j".into(),
         mac: None,
+        ..Default::default()
     };
     assert_eq!(
         m.ensure(&cid(21), &join).await?.sandbox_path(),
@@ -372,6 +376,7 @@ async fn none_mode_has_only_loopback_and_host_mode_no_namespace() -> anyhow::Res
         mode: NetMode::Host,
         name: "h".into(),
         mac: None,
+        ..Default::default()
     };
     assert_eq!(m.ensure(&cid(22), &host).await?.sandbox_path(), None);
     m.release(&cid(21)).await?;

@@ -329,8 +329,17 @@ fn addresses_survive_daemon_kill9_and_outbound_is_masqueraded() {
     let ns = out.ns.clone();
     let listener = std::thread::spawn(move || {
         Command::new("ip")
+            // stdin stays open a while: at EOF busybox nc may close the connection before
+            // it has read what the client sent.
             .args([
-                "netns", "exec", &ns, "timeout", "15", "busybox", "nc", "-l", "-p", "9999",
+                "netns",
+                "exec",
+                &ns,
+                "timeout",
+                "15",
+                "sh",
+                "-c",
+                "sleep 4 | busybox nc -l -p 9999",
             ])
             .output()
             .expect("nc -l")

@@ -284,6 +284,7 @@ impl Containers {
             networking,
             state: State::default(),
             attachment: None,
+            extra_attachments: Vec::new(),
             exec_ids: Vec::new(),
         };
         {

@@ -107,8 +107,30 @@ impl Containers {
             rec.host_config.dns_search.as_deref().unwrap_or(&[]),
             rec.host_config.dns_options.as_deref().unwrap_or(&[]),
         )?;
+        // Networks joined with `docker network connect` (eth1, eth2, …).
+        let extra = match &netns {
+            Some(_) if attachment.as_ref().is_some_and(|a| a.has_endpoint()) => {
+                self.net
+                    .ensure_connected(id, &rec.name, Some(cdir.join("hosts")))
+                    .await?
+            }
+            _ => Vec::new(),
+        };
+        if attachment.as_ref().is_some_and(|a| a.user_network) || !extra.is_empty() {
+            // Peers on user networks find each other through their hosts files.
+            if let Err(e) = self.net.refresh_hosts() {
+                tracing::warn!(%id, error = %e, "updating the hosts files of network peers");
+            }
+        }
         let att_json = attachment.as_ref().map(serde_json::to_value).transpose()?;
-        self.update(id, |r| r.attachment = att_json)?;
+        let extra_json = extra
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.update(id, |r| {
+            r.attachment = att_json;
+            r.extra_attachments = extra_json;
+        })?;
         let bundle = self.write_bundle(rec, &merged, netns.as_deref(), &etc)?;
         let shim_cfg = self.write_shim_config(rec, &bundle)?;
         self.retire_previous_shim(id).await;
@@ -170,17 +192,37 @@ impl Containers {
             }
             None => crate::network::NetMode::parse(&mode_str)?,
         };
+        // The endpoint settings of the network the container runs on (`--ip`,
+        // `--network-alias`), keyed by the name given in `--network`.
+        let ep = rec
+            .networking
+            .as_ref()
+            .and_then(|n| n.endpoints_config.as_ref())
+            .and_then(|m| m.get(&mode_str));
+        let ip = ep
+            .and_then(|e| e.ipam_config.as_ref())
+            .and_then(|c| c.ipv4_address.as_deref())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<std::net::Ipv4Addr>()
+                    .map_err(|_| ApiError::BadRequest(format!("invalid IPv4 address: {s}")))
+            })
+            .transpose()?;
+        let aliases = ep.and_then(|e| e.aliases.clone()).unwrap_or_default();
         let req = crate::network::NetRequest {
             mode,
             mac: rec.config.mac_address.clone().filter(|m| !m.is_empty()),
             name: rec.name.clone(),
+            ip,
+            aliases,
+            hosts_file: Some(self.paths.container_dir(&rec.id).join("hosts")),
         };
         let mut att = self.net.ensure(&rec.id, &req).await?;
-        if let (Some(ip), Some(veth)) = (att.ip, att.host_veth.clone()) {
+        let bridge = self.net.bridge_of(&att);
+        if let (Some(ip), Some(veth), Some(bridge)) = (att.ip, att.host_veth.clone(), bridge) {
             let reqs =
                 super::create::port_requests(&rec.host_config, rec.config.exposed_ports.as_ref())?;
             let endpoint = format!("{} ({})", rec.name, att.endpoint_id);
-            let bridge = self.net.config().bridge.clone();
             att.ports = self
                 .net
                 .publish(&rec.id, &endpoint, &bridge, ip, Some(&veth), &reqs)

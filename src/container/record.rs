@@ -158,6 +158,9 @@ pub struct Record {
     pub state: State,
     /// The network attachment once set up (opaque to this module).
     pub attachment: Option<serde_json::Value>,
+    /// Attachments of the networks joined with `docker network connect` (opaque here).
+    #[serde(default)]
+    pub extra_attachments: Vec<serde_json::Value>,
     /// Exec ids that belong to this container.
     #[serde(default)]
     pub exec_ids: Vec<String>,
@@ -363,6 +366,7 @@ mod tests {
             networking: None,
             state: State::default(),
             attachment: None,
+            extra_attachments: Vec::new(),
             exec_ids: vec![],
         }
     }
@@ -399,6 +403,7 @@ pub mod tests_support {
             networking: None,
             state: State::default(),
             attachment: None,
+            extra_attachments: Vec::new(),
             exec_ids: vec![],
         }
     }

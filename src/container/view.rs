@@ -114,8 +114,12 @@ pub fn config_json(rec: &Record) -> Value {
 }
 
 fn endpoint_json(att: &crate::network::Attachment, aliases: Value) -> Value {
+    let ipam = match att.ipam_ip {
+        Some(ip) => json!({"IPv4Address": ip.to_string()}),
+        None => Value::Null,
+    };
     json!({
-        "IPAMConfig": null, "Links": null, "Aliases": aliases,
+        "IPAMConfig": ipam, "Links": null, "Aliases": aliases,
         "NetworkID": att.network_id, "EndpointID": att.endpoint_id,
         "Gateway": att.gateway_string(), "IPAddress": att.ip_string(), "IPPrefixLen": att.prefix_len,
         "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
@@ -145,12 +149,36 @@ pub fn network_settings(rec: &Record) -> Value {
     if let Some(a) = &att {
         sandbox_key = a.sandbox_key.clone();
         if a.has_endpoint() && rec.state.status.is_live() {
-            networks.insert(net_name.clone(), endpoint_json(a, Value::Null));
+            // dockerd adds the short id to the aliases on user-defined networks.
+            let aliases = if a.user_network {
+                let mut al = a.aliases.clone();
+                al.push(rec.short_id().to_string());
+                json!(al)
+            } else {
+                Value::Null
+            };
+            let key = if a.user_network {
+                a.network.clone()
+            } else {
+                net_name.clone()
+            };
+            networks.insert(key, endpoint_json(a, aliases));
             if net_name == "bridge" {
                 legacy = json!({"EndpointID": a.endpoint_id, "Gateway": a.gateway_string(), "GlobalIPv6Address": "",
                     "GlobalIPv6PrefixLen": 0, "IPAddress": a.ip_string(), "IPPrefixLen": a.prefix_len,
                     "IPv6Gateway": "", "MacAddress": a.mac});
             }
+        }
+    }
+    if rec.state.status.is_live() {
+        for a in rec
+            .extra_attachments
+            .iter()
+            .filter_map(|v| serde_json::from_value::<crate::network::Attachment>(v.clone()).ok())
+        {
+            let mut al = a.aliases.clone();
+            al.push(rec.short_id().to_string());
+            networks.insert(a.network.clone(), endpoint_json(&a, json!(al)));
         }
     }
     if networks.is_empty() && !mode.starts_with("container:") {

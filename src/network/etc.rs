@@ -287,6 +287,9 @@ mod tests {
             host_veth: None,
             host_gateway: None,
             ports: Vec::new(),
+            ipam_ip: None,
+            aliases: Vec::new(),
+            user_network: false,
         }
     }
 

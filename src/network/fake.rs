@@ -32,6 +32,8 @@ pub(crate) struct FakeState {
     pub macvlans: BTreeMap<(PathBuf, String), MacvlanSpec>,
     /// Parents `add_macvlan` accepts (`eth0` when empty).
     pub parents: BTreeSet<String>,
+    /// Routed host subnets (`ipv4_routes`).
+    pub routes: Vec<ipnet::Ipv4Net>,
     /// Make the next add_veth fail after creating the link.
     pub fail_add_veth: bool,
 }
@@ -48,6 +50,13 @@ impl FakeKernel {
         match self.state.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
+        }
+    }
+
+    /// A fake that takes over another's state (a daemon restart on the same kernel).
+    pub fn take_over(other: &FakeKernel) -> FakeKernel {
+        FakeKernel {
+            state: Mutex::new(std::mem::take(&mut *other.st())),
         }
     }
 
@@ -116,6 +125,17 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    async fn ipv4_routes(&self) -> ApiResult<Vec<ipnet::Ipv4Net>> {
+        let st = self.st();
+        let mut out = st.routes.clone();
+        for addr in st.bridges.values() {
+            if let Ok(n) = addr.parse::<ipnet::Ipv4Net>() {
+                out.push(n.trunc());
+            }
+        }
+        Ok(out)
+    }
+
     async fn enable_ip_forward(&self) -> ApiResult<()> {
         self.st().forward = true;
         Ok(())
@@ -164,6 +184,9 @@ impl Kernel for FakeKernel {
 
     async fn delete_link(&self, name: &str) -> ApiResult<()> {
         let mut st = self.st();
+        if st.bridges.remove(name).is_some() {
+            st.calls.push(format!("delete_link {name}"));
+        }
         if st.links.remove(name).is_some() {
             st.peers.remove(name);
             st.calls.push(format!("delete_link {name}"));

@@ -13,8 +13,14 @@ use crate::error::{ApiError, ApiResult};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-/// The base chains of the table: (name, definition).
-const BASE_CHAINS: [(&str, &str); 4] = [
+/// The base chains of the table: (name, definition). `isolation` runs before `forward`
+/// (a drop in any base chain is final), so the drops of internal networks win over the
+/// accepts of other bridges; `prerouting` and `output` hold published ports' DNAT.
+const BASE_CHAINS: [(&str, &str); 5] = [
+    (
+        "isolation",
+        "type filter hook forward priority -10; policy accept;",
+    ),
     (
         "prerouting",
         "type nat hook prerouting priority dstnat; policy accept;",
@@ -70,6 +76,62 @@ pub(crate) fn bridge_rules(bridge: &str, net: Ipv4Net) -> Vec<Rule> {
             comment: format!("{owner} accept outbound"),
         },
     ]
+}
+
+/// The rules of a user-defined bridge network: like [`bridge_rules`] without the masquerade
+/// when `masquerade` is false; an `internal` network gets no masquerade and no accepts,
+/// only drops of whatever enters or leaves it through another interface (dockerd's
+/// `--internal`: containers talk to each other and to nothing else).
+pub(crate) fn network_rules(
+    bridge: &str,
+    net: Ipv4Net,
+    masquerade: bool,
+    internal: bool,
+) -> Vec<Rule> {
+    let owner = bridge_owner(bridge);
+    if internal {
+        return vec![
+            Rule {
+                chain: "isolation".into(),
+                body: format!("iifname \"{bridge}\" oifname != \"{bridge}\" drop"),
+                comment: format!("{owner} internal drop outbound"),
+            },
+            Rule {
+                chain: "isolation".into(),
+                body: format!("oifname \"{bridge}\" iifname != \"{bridge}\" drop"),
+                comment: format!("{owner} internal drop inbound"),
+            },
+        ];
+    }
+    let mut rules = bridge_rules(bridge, net);
+    if !masquerade {
+        rules.retain(|r| r.chain != "postrouting");
+    }
+    rules
+}
+
+/// dockerd's isolation between networks: drops of whatever goes from `bridge` to any of
+/// the `others` (each bridge owns the drops of its outbound side, so removing a network
+/// removes its own drops and, through the others' wanted lists, theirs toward it).
+pub(crate) fn isolation_rules(bridge: &str, others: &[&str]) -> Vec<Rule> {
+    let owner = bridge_owner(bridge);
+    others
+        .iter()
+        .filter(|o| **o != bridge)
+        .map(|o| Rule {
+            chain: "isolation".into(),
+            body: format!("iifname \"{bridge}\" oifname \"{o}\" drop"),
+            comment: format!("{owner} isolate from {o}"),
+        })
+        .collect()
+}
+
+/// The owner named in a rule comment of the form `bridge <name>: ...`.
+pub(crate) fn comment_bridge(comment: &str) -> Option<&str> {
+    comment
+        .strip_prefix("bridge ")?
+        .split_once(':')
+        .map(|(b, _)| b)
 }
 
 /// What exists in the table.
@@ -134,11 +196,28 @@ pub(crate) fn foreign_forward_drops(json: &str, table: &str) -> Vec<String> {
 
 /// The nft script that brings `table` to the wanted state for `owner`'s rules, or `None`
 /// when nothing needs to change. `listing` is `None` when the table does not exist.
+#[cfg(test)]
 pub(crate) fn plan(
     table: &str,
     listing: Option<&Listing>,
     owner: &str,
     wanted: &[Rule],
+) -> Option<String> {
+    plan_all(
+        table,
+        listing,
+        &[(owner.to_string(), wanted.to_vec())],
+        false,
+    )
+}
+
+/// [`plan`] for several owners at once (one transaction). With `sweep`, rules of bridges
+/// that are not among the owners (networks removed while no daemon ran) are deleted too.
+pub(crate) fn plan_all(
+    table: &str,
+    listing: Option<&Listing>,
+    owners: &[(String, Vec<Rule>)],
+    sweep: bool,
 ) -> Option<String> {
     let empty = Listing::default();
     let have = listing.unwrap_or(&empty);
@@ -153,19 +232,20 @@ pub(crate) fn plan(
     }
     for (chain, handle, comment) in &have.rules {
         let Some(comment) = comment else { continue };
-        if !comment.starts_with(owner) {
-            continue;
-        }
-        let still_wanted = wanted
-            .iter()
-            .any(|w| &w.chain == chain && &w.comment == comment);
+        let mine = owners.iter().find(|(o, _)| comment.starts_with(o.as_str()));
+        let still_wanted = match mine {
+            Some((_, wanted)) => wanted
+                .iter()
+                .any(|w| &w.chain == chain && &w.comment == comment),
+            None => !(sweep && comment_bridge(comment).is_some()),
+        };
         if !still_wanted {
             script.push_str(&format!(
                 "delete rule inet {table} {chain} handle {handle}\n"
             ));
         }
     }
-    for w in wanted {
+    for w in owners.iter().flat_map(|(_, w)| w) {
         let present = have
             .rules
             .iter()
@@ -206,6 +286,7 @@ mod tests {
     fn right_rules_are_left_alone_and_stale_ones_replaced() -> anyhow::Result<()> {
         let json = r#"{"nftables":[{"metainfo":{"version":"1.0.6"}},
           {"table":{"family":"inet","name":"tb","handle":3}},
+          {"chain":{"family":"inet","table":"tb","name":"isolation","handle":12,"type":"filter","hook":"forward","prio":-10,"policy":"accept"}},
           {"chain":{"family":"inet","table":"tb","name":"prerouting","handle":10,"type":"nat","hook":"prerouting","prio":-100,"policy":"accept"}},
           {"chain":{"family":"inet","table":"tb","name":"output","handle":11,"type":"nat","hook":"output","prio":-100,"policy":"accept"}},
           {"chain":{"family":"inet","table":"tb","name":"postrouting","handle":1,"type":"nat","hook":"postrouting","prio":100,"policy":"accept"}},
@@ -218,7 +299,13 @@ mod tests {
         let listing = parse_listing(json)?;
         assert_eq!(
             listing.chains,
-            vec!["prerouting", "output", "postrouting", "forward"]
+            vec![
+                "isolation",
+                "prerouting",
+                "output",
+                "postrouting",
+                "forward"
+            ]
         );
         assert_eq!(listing.rules.len(), 5);
         let rules = bridge_rules("bt1", net()?);
@@ -239,6 +326,46 @@ mod tests {
         let s = plan("tb", Some(&done), &bridge_owner("bt1"), &[]).unwrap_or_default();
         assert_eq!(s.matches("delete rule").count(), 3);
         assert!(!s.contains("handle 7") && !s.contains("handle 8"));
+        Ok(())
+    }
+
+    #[test]
+    fn internal_and_unmasqueraded_networks_and_sweep() -> anyhow::Result<()> {
+        let internal = network_rules("br-1", net()?, true, true);
+        assert!(internal.iter().all(|r| r.chain == "isolation"));
+        assert_eq!(internal.len(), 2);
+        assert!(internal[0]
+            .body
+            .contains("iifname \"br-1\" oifname != \"br-1\" drop"));
+        let plain = network_rules("br-2", net()?, false, false);
+        assert!(plain.iter().all(|r| r.chain == "forward"));
+        assert_eq!(network_rules("br-2", net()?, true, false).len(), 3);
+        let mut l = Listing {
+            chains: vec!["isolation".into(), "postrouting".into(), "forward".into()],
+            rules: Vec::new(),
+        };
+        for (i, r) in network_rules("br-gone", net()?, true, false)
+            .iter()
+            .enumerate()
+        {
+            l.rules
+                .push((r.chain.clone(), i as u64 + 1, Some(r.comment.clone())));
+        }
+        l.rules
+            .push(("forward".into(), 9, Some("ports: other owner".into())));
+        let owners = vec![(bridge_owner("br-1"), internal)];
+        let s = plan_all("tb", Some(&l), &owners, true).unwrap_or_default();
+        assert_eq!(s.matches("delete rule").count(), 3, "{s}");
+        assert!(!s.contains("handle 9"));
+        assert_eq!(s.matches("add rule").count(), 2);
+        let s = plan_all("tb", Some(&l), &owners, false).unwrap_or_default();
+        assert_eq!(s.matches("delete rule").count(), 0);
+        assert_eq!(comment_bridge("bridge br-x: accept"), Some("br-x"));
+        let iso = isolation_rules("br-1", &["bt0", "br-1", "br-2"]);
+        assert_eq!(iso.len(), 2);
+        assert_eq!(iso[0].body, "iifname \"br-1\" oifname \"bt0\" drop");
+        assert_eq!(iso[1].comment, "bridge br-1: isolate from br-2");
+        assert_eq!(comment_bridge("ports: x"), None);
         Ok(())
     }
 

@@ -1,15 +1,18 @@
-//! Address management of the default bridge: one lease per container, persisted in the
-//! store table `ipam` (key: container id), kept until the container's network is released.
-//! A new lease takes the first free address after the gateway (wrapping around), so two
+//! Address management: one lease per container and network, persisted in the store (the
+//! default bridge in table `ipam`, key: container id; user networks in table `leases`, key
+//! `<network id>/<container id>`), kept until the container leaves the network.
+//! A new lease takes the first free address after the gateway (wrapping around; within
+//! `--ip-range` when the network has one), or the address the container asked for, so two
 //! containers never share an address.
 
 use super::types::Subnet;
 use crate::error::{ApiError, ApiResult};
 use crate::store::Table;
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// One container's address on a bridge network, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,14 +33,29 @@ pub struct Lease {
     pub endpoint_id: String,
     /// Host side of the veth pair, once it has been set up.
     pub veth: Option<String>,
+    /// `--network-alias` (user networks: peers find the container by them).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The container's hosts file, kept up to date with its peers (user networks).
+    #[serde(default)]
+    pub hosts: Option<std::path::PathBuf>,
+    /// Set for a network joined with `docker network connect` (not the container's
+    /// `NetworkMode`): its interface name (`eth1`, `eth2`, …) inside the container.
+    #[serde(default)]
+    pub connected_as: Option<String>,
+    /// `--ip` given at connect (kept for the container's next start).
+    #[serde(default)]
+    pub requested_ip: Option<Ipv4Addr>,
 }
 
 /// The lease table of one subnet.
 pub(crate) struct Ipam {
     table: Table,
     subnet: Subnet,
+    range: Option<Ipv4Net>,
+    prefix: String,
     network: String,
-    lock: Mutex<()>,
+    lock: Arc<Mutex<()>>,
 }
 
 impl Ipam {
@@ -46,8 +64,31 @@ impl Ipam {
         Ipam {
             table,
             subnet,
+            range: None,
+            prefix: String::new(),
             network: network.to_string(),
-            lock: Mutex::new(()),
+            lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// The leases of one user network: keys `<prefix><container id>` in a table shared by
+    /// all user networks, `range` limiting dynamic addresses, `lock` shared by every
+    /// [`Ipam`] built for the same table (so concurrent acquires never race).
+    pub fn scoped(
+        table: Table,
+        subnet: Subnet,
+        range: Option<Ipv4Net>,
+        network: &str,
+        prefix: String,
+        lock: Arc<Mutex<()>>,
+    ) -> Self {
+        Ipam {
+            table,
+            subnet,
+            range,
+            prefix,
+            network: network.to_string(),
+            lock,
         }
     }
 
@@ -59,7 +100,7 @@ impl Ipam {
 
     /// The container's lease, if any.
     pub fn get(&self, container_id: &str) -> ApiResult<Option<Lease>> {
-        self.table.get(container_id)
+        self.table.get(&format!("{}{container_id}", self.prefix))
     }
 
     /// Every lease.
@@ -68,20 +109,38 @@ impl Ipam {
             .table
             .all::<Lease>()?
             .into_iter()
+            .filter(|(k, _)| k.starts_with(&self.prefix))
             .map(|(_, l)| l)
             .collect())
     }
 
     /// The container's lease; a new one (built by `make` from the chosen address) when it
     /// has none or when its address is no longer assignable (the subnet changed).
+    #[cfg(test)]
     pub fn acquire(
         &self,
         container_id: &str,
         make: impl FnOnce(Ipv4Addr) -> Lease,
     ) -> ApiResult<Lease> {
+        self.acquire_ip(container_id, None, make)
+    }
+
+    /// [`Ipam::acquire`], with the address the container asked for (`--ip`): dockerd's
+    /// 400 `Invalid address ...` outside the subnet, 403 `Address already in use` when
+    /// another container (or the gateway) has it.
+    pub fn acquire_ip(
+        &self,
+        container_id: &str,
+        want: Option<Ipv4Addr>,
+        make: impl FnOnce(Ipv4Addr) -> Lease,
+    ) -> ApiResult<Lease> {
         let _g = self.guard()?;
         if let Some(l) = self.get(container_id)? {
-            if self.subnet.is_assignable(l.ip) && l.prefix_len == self.subnet.net.prefix_len() {
+            let right = want.is_none_or(|w| w == l.ip);
+            if right
+                && self.subnet.is_assignable(l.ip)
+                && l.prefix_len == self.subnet.net.prefix_len()
+            {
                 return Ok(l);
             }
         }
@@ -91,35 +150,52 @@ impl Ipam {
             .filter(|l| l.container_id != container_id)
             .map(|l| l.ip)
             .collect();
-        let ip = self.first_free(&used).ok_or_else(|| {
-            ApiError::Internal(format!(
-                "no available IPv4 addresses on this network's address pools: {} ({})",
-                self.network, self.subnet.net
-            ))
-        })?;
+        let ip = match want {
+            Some(ip) => {
+                let net = self.subnet.net;
+                if !net.contains(&ip) || ip == net.network() || ip == net.broadcast() {
+                    return Err(ApiError::BadRequest(format!(
+                        "Invalid address {ip}: It does not belong to any of this network's subnets"
+                    )));
+                }
+                if ip == self.subnet.gateway || used.contains(&ip) {
+                    return Err(ApiError::Forbidden("Address already in use".into()));
+                }
+                ip
+            }
+            None => self.first_free(&used).ok_or_else(|| {
+                ApiError::Internal(format!(
+                    "no available IPv4 addresses on this network's address pools: {} ({})",
+                    self.network, self.subnet.net
+                ))
+            })?,
+        };
         let lease = make(ip);
-        self.table.put(container_id, &lease)?;
+        self.table
+            .put(&format!("{}{container_id}", self.prefix), &lease)?;
         Ok(lease)
     }
 
     /// Rewrites an existing lease (e.g. to record its veth).
     pub fn update(&self, lease: &Lease) -> ApiResult<()> {
         let _g = self.guard()?;
-        self.table.put(&lease.container_id, lease)
+        self.table
+            .put(&format!("{}{}", self.prefix, lease.container_id), lease)
     }
 
     /// Drops the container's lease (fine when it has none).
     pub fn release(&self, container_id: &str) -> ApiResult<()> {
         let _g = self.guard()?;
-        self.table.remove(container_id)
+        self.table.remove(&format!("{}{container_id}", self.prefix))
     }
 
     fn first_free(&self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-        let first = u32::from(self.subnet.net.network()) + 1;
-        let last = u32::from(self.subnet.net.broadcast()) - 1;
-        let gw = u32::from(self.subnet.gateway);
+        let pool = self.range.unwrap_or(self.subnet.net);
+        let first = u32::from(pool.network()).max(u32::from(self.subnet.net.network()) + 1);
+        let last = u32::from(pool.broadcast()).min(u32::from(self.subnet.net.broadcast()) - 1);
+        let gw = u32::from(self.subnet.gateway).clamp(first.saturating_sub(1), last);
         (gw + 1..=last)
-            .chain(first..gw)
+            .chain(first..=gw)
             .map(Ipv4Addr::from)
             .find(|ip| self.subnet.is_assignable(*ip) && !used.contains(ip))
     }
@@ -140,6 +216,10 @@ mod tests {
             mac: String::new(),
             endpoint_id: String::new(),
             veth: None,
+            aliases: Vec::new(),
+            hosts: None,
+            connected_as: None,
+            requested_ip: None,
         }
     }
 
@@ -187,6 +267,54 @@ mod tests {
             ipam.acquire("c0", |ip| lease("c0", ip))?.ip,
             Ipv4Addr::new(10, 0, 0, 2)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn requested_addresses_ranges_and_scopes() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let lock = Arc::new(Mutex::new(()));
+        let subnet = Subnet::parse_bip("10.5.0.1/24")?;
+        let range: Ipv4Net = "10.5.0.128/25".parse()?;
+        let a = Ipam::scoped(
+            store.table("leases")?,
+            subnet,
+            Some(range),
+            "a",
+            "na/".into(),
+            lock.clone(),
+        );
+        let b = Ipam::scoped(
+            store.table("leases")?,
+            subnet,
+            None,
+            "b",
+            "nb/".into(),
+            lock,
+        );
+        assert_eq!(a.acquire("c0", |ip| lease("c0", ip))?.ip.octets()[3], 128);
+        assert_eq!(a.acquire("c1", |ip| lease("c1", ip))?.ip.octets()[3], 129);
+        // --ip inside the subnet but outside the range is fine.
+        let l = a.acquire_ip("c2", Some(Ipv4Addr::new(10, 5, 0, 9)), |ip| lease("c2", ip))?;
+        assert_eq!(l.ip, Ipv4Addr::new(10, 5, 0, 9));
+        let taken = a.acquire_ip("c3", Some(Ipv4Addr::new(10, 5, 0, 9)), |ip| lease("c3", ip));
+        assert_eq!(
+            taken.err(),
+            Some(ApiError::Forbidden("Address already in use".into()))
+        );
+        let gw = a.acquire_ip("c3", Some(Ipv4Addr::new(10, 5, 0, 1)), |ip| lease("c3", ip));
+        assert!(matches!(gw, Err(ApiError::Forbidden(_))));
+        let out = a.acquire_ip("c3", Some(Ipv4Addr::new(10, 6, 0, 9)), |ip| lease("c3", ip));
+        assert!(
+            matches!(out, Err(ApiError::BadRequest(m)) if m.starts_with("Invalid address 10.6.0.9"))
+        );
+        // Another network on the same table has its own leases.
+        assert_eq!(b.acquire("c0", |ip| lease("c0", ip))?.ip.octets()[3], 2);
+        assert_eq!(a.all()?.len(), 3);
+        assert_eq!(b.all()?.len(), 1);
+        b.release("c0")?;
+        assert_eq!(a.all()?.len(), 3);
         Ok(())
     }
 

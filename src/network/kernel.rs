@@ -38,8 +38,11 @@ pub struct VethSpec {
     pub ip: Ipv4Addr,
     /// Prefix length of `ip`.
     pub prefix_len: u8,
-    /// Default route via this address.
+    /// The network's gateway.
     pub gateway: Ipv4Addr,
+    /// Whether the container's default route goes via `gateway` (only on the first network
+    /// of a container; further networks add just their connected subnet).
+    pub default_route: bool,
     /// MTU of both ends.
     pub mtu: u32,
 }
@@ -96,6 +99,9 @@ pub trait Kernel: Send + Sync + 'static {
     /// that went away): otherwise a UDP flow DNATed to a published port keeps going to the
     /// dead container instead of the port's next owner.
     fn flush_conntrack(&self, ip: Ipv4Addr) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Destinations of the host's IPv4 routes in the main table, without the default route
+    /// (a new network's subnet must not overlap any of them).
+    fn ipv4_routes(&self) -> impl Future<Output = ApiResult<Vec<ipnet::Ipv4Net>>> + Send;
     /// Deletes a link of the host namespace (its veth peer goes with it).
     fn delete_link(&self, name: &str) -> impl Future<Output = ApiResult<()>> + Send;
     /// Counters of every interface but `lo` inside a netns.

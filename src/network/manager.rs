@@ -1,21 +1,20 @@
-//! [`NetworkManager`]: sets up the default bridge and the firewall when the daemon starts,
-//! and gives each container its network (idempotently) when it starts.
+//! [`NetworkManager`]: sets up the default bridge, the user networks' bridges and the
+//! firewall when the daemon starts, and gives each container its network (idempotently)
+//! when it starts. Endpoints are in `endpoint.rs`, user network objects in `netobj.rs`.
 
-use super::firewall::Rule;
-use super::firewall::{bridge_owner, bridge_rules, foreign_forward_drops, parse_listing, plan};
+use super::firewall::{parse_listing, plan_all, Rule};
 use super::ipam::{Ipam, Lease};
-use super::kernel::{BridgeSpec, IfStats, Kernel, VethSpec};
+use super::kernel::{BridgeSpec, IfStats, Kernel};
 use super::netlink::NetlinkKernel;
 use super::ports::{ephemeral_range, PortAllocator};
 use super::resource::{default_bridge_options, EndpointResource, IpamConfig, NetworkResource};
-use super::types::{format_mac, mac_for_ip, parse_mac, Attachment, NetConfig, NetMode};
-use super::types::{netns_path, NetRequest, Subnet};
+use super::types::{netns_path, Attachment, NetConfig, NetMode, NetRequest, Subnet};
+use super::usernet::NetworkRecord;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{Store, Table};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,25 +24,26 @@ pub(crate) const MTU: u32 = 1500;
 /// Default `--bip`.
 const DEFAULT_BIP: &str = "172.17.0.1/16";
 
-/// A built-in network's persisted identity.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct NetworkRecord {
-    name: String,
-    id: String,
-    created: String,
-    driver: String,
-}
-
 /// The daemon's network manager; see the module documentation.
 pub struct NetworkManager<K: Kernel = NetlinkKernel> {
-    kernel: Arc<K>,
-    cfg: NetConfig,
-    subnet: Subnet,
-    ipam: Ipam,
-    bridge_net: NetworkRecord,
-    host_net: NetworkRecord,
-    none_net: NetworkRecord,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub(super) kernel: Arc<K>,
+    pub(super) cfg: NetConfig,
+    pub(super) subnet: Subnet,
+    pub(super) ipam: Ipam,
+    pub(super) bridge_net: NetworkRecord,
+    pub(super) host_net: NetworkRecord,
+    pub(super) none_net: NetworkRecord,
+    /// Table `networks`: built-in and user network records by name.
+    pub(super) nets: Table,
+    /// Table `leases`: user networks' leases, key `<network id>/<container id>`.
+    pub(super) leases: Table,
+    /// Shared by every user network's [`Ipam`].
+    pub(super) lease_lock: Arc<Mutex<()>>,
+    /// Serializes network create/remove.
+    pub(super) net_lock: tokio::sync::Mutex<()>,
+    /// Serializes rewrites of the containers' hosts files.
+    pub(super) hosts_lock: Mutex<()>,
+    pub(super) locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Host ports held by containers (`-p`, `-P`).
     pub(super) ports: PortAllocator,
 }
@@ -60,14 +60,14 @@ impl NetworkManager<NetlinkKernel> {
     }
 }
 
-fn random_hex(len: usize) -> String {
+pub(super) fn random_hex(len: usize) -> String {
     let mut rng = rand::thread_rng();
     (0..len)
         .map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap_or('0'))
         .collect()
 }
 
-fn endpoint_id(network_id: &str, container_id: &str) -> String {
+pub(super) fn endpoint_id(network_id: &str, container_id: &str) -> String {
     hex::encode(Sha256::digest(format!(
         "endpoint/{network_id}/{container_id}"
     )))
@@ -79,11 +79,22 @@ fn load_record(table: &Table, name: &str, driver: &str) -> ApiResult<NetworkReco
         id: random_hex(64),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
         driver: driver.into(),
+        user: None,
     };
     table.put_new(name, &fresh)?;
     table
         .get(name)?
         .ok_or_else(|| ApiError::Internal(format!("network {name}: record vanished")))
+}
+
+fn endpoint_resource(l: Lease) -> EndpointResource {
+    EndpointResource {
+        name: l.name,
+        endpoint_id: l.endpoint_id,
+        mac_address: l.mac,
+        ipv4_address: format!("{}/{}", l.ip, l.prefix_len),
+        ipv6_address: String::new(),
+    }
 }
 
 pub(super) fn check_container_id(id: &str) -> ApiResult<()> {
@@ -120,6 +131,11 @@ impl<K: Kernel> NetworkManager<K> {
             host_net: load_record(&nets, "host", "host")?,
             none_net: load_record(&nets, "none", "null")?,
             ipam: Ipam::new(store.table("ipam")?, subnet, "bridge"),
+            nets,
+            leases: store.table("leases")?,
+            lease_lock: Arc::new(Mutex::new(())),
+            net_lock: tokio::sync::Mutex::new(()),
+            hosts_lock: Mutex::new(()),
             ports: PortAllocator::new(store.table("ports")?, ephemeral_range()),
             kernel: Arc::new(kernel),
             cfg,
@@ -128,6 +144,7 @@ impl<K: Kernel> NetworkManager<K> {
         };
         if verify {
             mgr.kernel.ensure_bridge(&mgr.bridge_spec()).await?;
+            mgr.restore_user_networks().await?;
             mgr.kernel.enable_ip_forward().await?;
             mgr.sync_firewall().await?;
             mgr.kernel.prepare_netns_dir(&mgr.netns_dir()).await?;
@@ -135,31 +152,13 @@ impl<K: Kernel> NetworkManager<K> {
         Ok(mgr)
     }
 
-    fn bridge_spec(&self) -> BridgeSpec {
+    pub(super) fn bridge_spec(&self) -> BridgeSpec {
         BridgeSpec {
             name: self.cfg.bridge.clone(),
             gateway: self.subnet.gateway,
             prefix_len: self.subnet.net.prefix_len(),
             mtu: MTU,
         }
-    }
-
-    pub(crate) async fn sync_firewall(&self) -> ApiResult<()> {
-        let table = &self.cfg.nft_table;
-        let owner = bridge_owner(&self.cfg.bridge);
-        self.apply_rules(&owner, &bridge_rules(&self.cfg.bridge, self.subnet.net))
-            .await?;
-        if let Ok(Some(chains)) = self.kernel.nft_list("chains").await {
-            for chain in foreign_forward_drops(&chains, table) {
-                tracing::warn!(
-                    %chain,
-                    "forward chain with policy drop in another table: container traffic \
-                     may be dropped there (berth cannot override it; add an accept for {})",
-                    self.cfg.bridge
-                );
-            }
-        }
-        Ok(())
     }
 
     /// Brings `owner`'s rules in berth's table to `wanted` (only what differs changes).
@@ -169,7 +168,8 @@ impl<K: Kernel> NetworkManager<K> {
             Some(json) => Some(parse_listing(&json)?),
             None => None,
         };
-        if let Some(script) = plan(table, listing.as_ref(), owner, wanted) {
+        let owners = [(owner.to_string(), wanted.to_vec())];
+        if let Some(script) = plan_all(table, listing.as_ref(), &owners, false) {
             tracing::debug!(%script, "applying nftables changes");
             self.kernel.nft_apply(&script).await?;
         }
@@ -230,26 +230,13 @@ impl<K: Kernel> NetworkManager<K> {
             host_veth: None,
             host_gateway: Some(self.subnet.gateway),
             ports: Vec::new(),
+            ipam_ip: None,
+            aliases: Vec::new(),
+            user_network: false,
         }
     }
 
-    fn bridge_attachment(&self, lease: &Lease, key: &Path) -> Attachment {
-        Attachment {
-            network: "bridge".into(),
-            network_id: self.bridge_net.id.clone(),
-            endpoint_id: lease.endpoint_id.clone(),
-            sandbox_key: key.to_string_lossy().into_owned(),
-            ip: Some(lease.ip),
-            prefix_len: lease.prefix_len,
-            gateway: Some(self.subnet.gateway),
-            mac: lease.mac.clone(),
-            host_veth: lease.veth.clone(),
-            host_gateway: Some(self.subnet.gateway),
-            ports: Vec::new(),
-        }
-    }
-
-    async fn ensure_netns(&self, path: &Path) -> ApiResult<bool> {
+    pub(super) async fn ensure_netns(&self, path: &Path) -> ApiResult<bool> {
         if self.kernel.netns_exists(path).await {
             return Ok(false);
         }
@@ -288,149 +275,14 @@ impl<K: Kernel> NetworkManager<K> {
                     host_veth: None,
                     host_gateway: Some(self.subnet.gateway),
                     ports: Vec::new(),
+                    ipam_ip: None,
+                    aliases: Vec::new(),
+                    user_network: false,
                 })
             }
             NetMode::Bridge => self.ensure_bridge_endpoint(container_id, req).await,
+            NetMode::User(name) => self.ensure_user_endpoint(container_id, name, req).await,
         }
-    }
-
-    async fn ensure_bridge_endpoint(&self, cid: &str, req: &NetRequest) -> ApiResult<Attachment> {
-        let want_mac = req.mac.as_deref().map(parse_mac).transpose()?;
-        let path = self.netns_path(cid);
-        let fresh = self.ensure_netns(&path).await?;
-        let prefix_len = self.subnet.net.prefix_len();
-        let mut lease = self.ipam.acquire(cid, |ip| Lease {
-            container_id: cid.to_string(),
-            name: req.name.clone(),
-            network: "bridge".into(),
-            ip,
-            prefix_len,
-            mac: format_mac(&want_mac.unwrap_or_else(|| mac_for_ip(ip))),
-            endpoint_id: endpoint_id(&self.bridge_net.id, cid),
-            veth: None,
-        })?;
-        let mac = want_mac.unwrap_or_else(|| mac_for_ip(lease.ip));
-        let mac_changed = lease.mac != format_mac(&mac);
-        if lease.name != req.name || mac_changed {
-            lease.name = req.name.clone();
-            lease.mac = format_mac(&mac);
-            self.ipam.update(&lease)?;
-        }
-        if let (false, false, Some(v)) = (fresh, mac_changed, &lease.veth) {
-            if self.kernel.veth_attached(v, &self.cfg.bridge).await? {
-                return Ok(self.bridge_attachment(&lease, &path));
-            }
-        }
-        if let Some(old) = lease.veth.take() {
-            self.kernel.delete_link(&old).await?;
-        }
-        // Heals a bridge deleted behind our back since open (no-op when it is right).
-        self.kernel.ensure_bridge(&self.bridge_spec()).await?;
-        let host = format!("veth{}", random_hex(7));
-        let spec = VethSpec {
-            host: host.clone(),
-            bridge: self.cfg.bridge.clone(),
-            netns: path.clone(),
-            ifname: "eth0".into(),
-            mac,
-            ip: lease.ip,
-            prefix_len,
-            gateway: self.subnet.gateway,
-            mtu: MTU,
-        };
-        if let Err(e) = self.kernel.add_veth(&spec).await {
-            if let Err(e2) = self.kernel.delete_link(&host).await {
-                tracing::warn!(veth = %host, error = %e2, "cleanup after failed veth setup");
-            }
-            return Err(e);
-        }
-        lease.veth = Some(host);
-        self.ipam.update(&lease)?;
-        Ok(self.bridge_attachment(&lease, &path))
-    }
-
-    async fn teardown(&self, cid: &str) -> ApiResult<Option<Lease>> {
-        let lease = self.ipam.get(cid)?;
-        self.kernel.remove_netns(&self.netns_path(cid)).await?;
-        if let Some(l) = lease.as_ref().filter(|l| l.veth.is_some()) {
-            // After the netns (no new flows from it), before the address can be reused.
-            if let Err(e) = self.kernel.flush_conntrack(l.ip).await {
-                tracing::warn!(ip = %l.ip, error = %e, "flush connection tracking");
-            }
-        }
-        if let Some(v) = lease.as_ref().and_then(|l| l.veth.clone()) {
-            // Deleting a veth waits ~25 ms for the kernel's RCU grace period. With the netns
-            // file gone the kernel destroys the namespace, and the veth pair with it, on its
-            // own; the explicit delete (for a netns still held by some process) runs off the
-            // caller's path. `reconcile` removes any veth a crash leaves behind.
-            let kernel = self.kernel.clone();
-            tokio::spawn(async move {
-                if let Err(e) = kernel.delete_link(&v).await {
-                    tracing::debug!(veth = %v, error = %e, "delete veth");
-                }
-            });
-        }
-        Ok(lease)
-    }
-
-    /// Removes the container's veth and netns but keeps its address lease (for a stopped
-    /// container that keeps its IP). Idempotent.
-    pub async fn detach(&self, container_id: &str) -> ApiResult<()> {
-        check_container_id(container_id)?;
-        let _g = self.lock(container_id).await?;
-        self.unpublish_locked(container_id).await?;
-        if let Some(mut lease) = self.teardown(container_id).await? {
-            if lease.veth.take().is_some() {
-                self.ipam.update(&lease)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes everything of the container: veth, netns file and address lease.
-    /// Idempotent (missing things are fine).
-    pub async fn release(&self, container_id: &str) -> ApiResult<()> {
-        check_container_id(container_id)?;
-        {
-            let _g = self.lock(container_id).await?;
-            self.unpublish_locked(container_id).await?;
-            self.teardown(container_id).await?;
-            self.ipam.release(container_id)?;
-        }
-        if let Ok(mut map) = self.locks.lock() {
-            map.remove(container_id);
-        }
-        Ok(())
-    }
-
-    /// Removes the netns files, veths and leases of containers not in `live` (leftovers
-    /// of a crash); keeps everything of live containers as it is.
-    pub async fn reconcile(&self, live: &[String]) -> ApiResult<()> {
-        let live: HashSet<&str> = live.iter().map(String::as_str).collect();
-        let mut keep_veths = HashSet::new();
-        for lease in self.ipam.all()? {
-            if live.contains(lease.container_id.as_str()) {
-                keep_veths.extend(lease.veth);
-            } else {
-                tracing::info!(container = %lease.container_id, "releasing leftover network");
-                self.release(&lease.container_id).await?;
-            }
-        }
-        self.reconcile_ports(&live).await?;
-        let dir = self.netns_dir();
-        for name in self.kernel.list_netns(&dir).await? {
-            if !live.contains(name.as_str()) {
-                tracing::info!(netns = %name, "removing leftover network namespace");
-                self.kernel.remove_netns(&dir.join(&name)).await?;
-            }
-        }
-        for port in self.kernel.bridge_ports(&self.cfg.bridge).await? {
-            if port.starts_with("veth") && !keep_veths.contains(&port) {
-                tracing::info!(veth = %port, "removing leftover veth");
-                self.kernel.delete_link(&port).await?;
-            }
-        }
-        Ok(())
     }
 
     /// Traffic counters of the interfaces (but `lo`) in a network namespace.
@@ -443,6 +295,7 @@ impl<K: Kernel> NetworkManager<K> {
         let mut r = NetworkResource::builtin(&n.name, &n.id, &n.created, &n.driver);
         r.ipam.config.push(IpamConfig {
             subnet: self.subnet.net.to_string(),
+            ip_range: None,
             // dockerd shows the gateway of the default bridge only when --bip sets it.
             gateway: self
                 .cfg
@@ -453,32 +306,44 @@ impl<K: Kernel> NetworkManager<K> {
         r.options = default_bridge_options(&self.cfg.bridge, MTU);
         if with_containers {
             for l in self.ipam.all()?.into_iter().filter(|l| l.veth.is_some()) {
-                let ep = EndpointResource {
-                    name: l.name,
-                    endpoint_id: l.endpoint_id,
-                    mac_address: l.mac,
-                    ipv4_address: format!("{}/{}", l.ip, l.prefix_len),
-                    ipv6_address: String::new(),
-                };
-                r.containers.insert(l.container_id, ep);
+                r.containers
+                    .insert(l.container_id.clone(), endpoint_resource(l));
             }
         }
         Ok(r)
     }
 
-    fn resources(&self, with_containers: bool) -> ApiResult<Vec<NetworkResource>> {
+    pub(super) fn resources(&self, with_containers: bool) -> ApiResult<Vec<NetworkResource>> {
         let plain =
             |n: &NetworkRecord| NetworkResource::builtin(&n.name, &n.id, &n.created, &n.driver);
-        Ok(vec![
+        let mut out = vec![
             self.bridge_resource(with_containers)?,
             plain(&self.host_net),
             plain(&self.none_net),
-        ])
+        ];
+        for (rec, spec) in self.user_records()? {
+            let mut r = super::usernet::user_resource(&rec, &spec);
+            if with_containers {
+                for l in self.user_ipam(&rec, &spec).all()? {
+                    if l.veth.is_some() {
+                        r.containers
+                            .insert(l.container_id.clone(), endpoint_resource(l));
+                    }
+                }
+            }
+            out.push(r);
+        }
+        Ok(out)
     }
 
-    /// `GET /networks`: the built-in networks (`Containers` empty, as dockerd lists them).
+    /// `GET /networks`: every network (`Containers` empty, as dockerd lists them).
     pub fn networks(&self) -> ApiResult<Vec<NetworkResource>> {
         self.resources(false)
+    }
+
+    /// Every network with its `Containers` (for the `dangling` filter).
+    pub fn networks_with_containers(&self) -> ApiResult<Vec<NetworkResource>> {
+        self.resources(true)
     }
 
     /// `GET /networks/{id}`: by exact name, full id or unique id prefix; 404

@@ -91,6 +91,24 @@ fn is_bridge(l: &LinkMessage) -> bool {
     })
 }
 
+/// Parses `/proc/net/route` (destination and mask as little-endian hex) into the routed
+/// subnets, leaving out the default route.
+pub(crate) fn parse_proc_routes(text: &str) -> Vec<ipnet::Ipv4Net> {
+    // The kernel prints the network-order words as host (little-endian) integers.
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| v.to_le_bytes());
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (dst, mask) = (hex(f.get(1)?)?, hex(f.get(7)?)?);
+            let prefix = u8::try_from(u32::from_be_bytes(mask).count_ones()).ok()?;
+            (prefix > 0)
+                .then(|| ipnet::Ipv4Net::new(Ipv4Addr::from(dst), prefix).ok())
+                .flatten()
+        })
+        .collect()
+}
+
 fn ipv4_of(a: &AddressMessage) -> Option<Ipv4Addr> {
     if a.header.family != AddressFamily::Inet {
         return None;
@@ -114,6 +132,13 @@ async fn set_up(h: &Handle, index: u32, what: &str) -> ApiResult<()> {
 }
 
 impl Kernel for NetlinkKernel {
+    async fn ipv4_routes(&self) -> ApiResult<Vec<ipnet::Ipv4Net>> {
+        let text = tokio::fs::read_to_string("/proc/net/route")
+            .await
+            .map_err(|e| ApiError::internal("read /proc/net/route", e))?;
+        Ok(parse_proc_routes(&text))
+    }
+
     async fn ensure_bridge(&self, spec: &BridgeSpec) -> ApiResult<()> {
         let h = &self.handle;
         let name = spec.name.as_str();
@@ -309,17 +334,19 @@ impl Kernel for NetlinkKernel {
             .execute()
             .await
             .map_err(|e| nl_err(&format!("{step}: add address {}", spec.ip), e))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(spec.gateway)
-            .output_interface(idx)
-            .build();
-        inner
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| nl_err(&format!("{step}: add default route"), e))?;
+        if spec.default_route {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(spec.gateway)
+                .output_interface(idx)
+                .build();
+            inner
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl_err(&format!("{step}: add default route"), e))?;
+        }
         Ok(())
     }
 
@@ -447,5 +474,22 @@ impl Kernel for NetlinkKernel {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    #[test]
+    fn proc_routes_parse() {
+        let text =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            br0\t000012AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        let got: Vec<String> = super::parse_proc_routes(text)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(got, vec!["192.0.2.0/24", "172.18.0.0/16"]);
     }
 }

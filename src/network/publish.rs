@@ -48,6 +48,14 @@ impl<K: Kernel> NetworkManager<K> {
         Ok(bindings)
     }
 
+    /// The bridge device of the network an attachment is on (`None`: not a bridge network).
+    pub fn bridge_of(&self, att: &super::Attachment) -> Option<String> {
+        if att.network == "bridge" {
+            return Some(self.config().bridge.clone());
+        }
+        self.find_user(&att.network_id).ok().map(|(_, s)| s.bridge)
+    }
+
     /// The host ports `container_id` holds.
     pub fn published(&self, container_id: &str) -> ApiResult<Vec<PortBinding>> {
         self.ports.held(container_id)

@@ -74,6 +74,9 @@ pub struct IpamConfig {
     /// `172.17.0.0/16`.
     #[serde(rename = "Subnet")]
     pub subnet: String,
+    /// `--ip-range`, when given.
+    #[serde(rename = "IPRange", default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
     /// Only shown when configured explicitly.
     #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
@@ -154,6 +157,7 @@ mod tests {
         let mut n = NetworkResource::builtin("bridge", "ab", "2026-01-01T00:00:00Z", "bridge");
         n.ipam.config.push(IpamConfig {
             subnet: "172.17.0.0/16".into(),
+            ip_range: None,
             gateway: None,
         });
         n.options = default_bridge_options("berth0", 1500);

@@ -37,6 +37,7 @@ fn bridge_req(name: &str) -> NetRequest {
         mode: NetMode::Bridge,
         name: name.into(),
         mac: None,
+        ..Default::default()
     }
 }
 
@@ -54,7 +55,13 @@ async fn open_sets_up_bridge_forwarding_and_firewall_once() -> anyhow::Result<()
         let nft = st.nft.clone().unwrap_or_default();
         assert_eq!(
             nft.chains,
-            vec!["prerouting", "output", "postrouting", "forward"]
+            vec![
+                "isolation",
+                "prerouting",
+                "output",
+                "postrouting",
+                "forward"
+            ]
         );
         let comments: Vec<_> = nft.rules.iter().filter_map(|r| r.2.clone()).collect();
         assert_eq!(
@@ -197,6 +204,7 @@ async fn host_none_and_container_modes() -> anyhow::Result<()> {
                 mode: NetMode::Host,
                 name: "h".into(),
                 mac: None,
+                ..Default::default()
             },
         )
         .await?;
@@ -214,6 +222,7 @@ async fn host_none_and_container_modes() -> anyhow::Result<()> {
                 mode: NetMode::None,
                 name: "n".into(),
                 mac: None,
+                ..Default::default()
             },
         )
         .await?;
@@ -225,6 +234,7 @@ async fn host_none_and_container_modes() -> anyhow::Result<()> {
         mode: NetMode::Container(path.clone()),
         name: "s".into(),
         mac: None,
+        ..Default::default()
     };
     let s = m.ensure("s", &req).await?;
     assert_eq!(s.sandbox_path(), Some(m.netns_path("n")));
@@ -254,6 +264,7 @@ async fn reconcile_removes_only_dead_containers_things() -> anyhow::Result<()> {
             mode: NetMode::None,
             name: "c".into(),
             mac: None,
+            ..Default::default()
         },
     )
     .await?;

@@ -93,9 +93,10 @@ impl Subnet {
 }
 
 /// How a container is networked (`HostConfig.NetworkMode`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum NetMode {
     /// The default bridge network (`default`, `bridge` or empty).
+    #[default]
     Bridge,
     /// The host's network namespace.
     Host,
@@ -105,11 +106,13 @@ pub enum NetMode {
     /// `container:`; the daemon replaces it with that container's netns path (see
     /// [`crate::network::NetworkManager::netns_path`]) before calling `ensure`.
     Container(String),
+    /// A user-defined network by name, id or unique id prefix (404 `network <x> not
+    /// found` from [`crate::network::NetworkManager::ensure`] when there is none).
+    User(String),
 }
 
 impl NetMode {
-    /// Parses `HostConfig.NetworkMode`. Names of networks berth does not have yet fail
-    /// with dockerd's 404 `network <name> not found`.
+    /// Parses `HostConfig.NetworkMode`; any other name is a user-defined network.
     pub fn parse(mode: &str) -> ApiResult<NetMode> {
         match mode {
             "" | "default" | "bridge" => Ok(NetMode::Bridge),
@@ -120,14 +123,14 @@ impl NetMode {
                     "invalid network mode: container: needs a container name or id".into(),
                 )),
                 Some(other) => Ok(NetMode::Container(other.to_string())),
-                None => Err(ApiError::NotFound(format!("network {mode} not found"))),
+                None => Ok(NetMode::User(mode.to_string())),
             },
         }
     }
 }
 
 /// What a container asks of the network module when it is started.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NetRequest {
     /// The network mode.
     pub mode: NetMode,
@@ -135,6 +138,13 @@ pub struct NetRequest {
     pub name: String,
     /// `--mac-address`; default `02:42:` + the four IPv4 bytes.
     pub mac: Option<String>,
+    /// `--ip` (user-defined networks with a configured subnet only).
+    pub ip: Option<Ipv4Addr>,
+    /// `--network-alias`.
+    pub aliases: Vec<String>,
+    /// The container's hosts file (bind-mounted as `/etc/hosts`): on user networks berth
+    /// keeps the names of its peers in it.
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// A container's network attachment; the daemon stores it with the container and fills
@@ -166,6 +176,15 @@ pub struct Attachment {
     /// Host ports published to this endpoint (`-p`, `-P`).
     #[serde(default)]
     pub ports: Vec<super::ports::PortBinding>,
+    /// `--ip` as configured (`IPAMConfig.IPv4Address`).
+    #[serde(default)]
+    pub ipam_ip: Option<Ipv4Addr>,
+    /// `--network-alias` as configured (inspect adds the short id on user networks).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Whether the network is user-defined (names resolve between its containers).
+    #[serde(default)]
+    pub user_network: bool,
 }
 
 impl Attachment {
@@ -247,11 +266,7 @@ mod tests {
             NetMode::parse("container:abc")?,
             NetMode::Container("abc".into())
         );
-        let err = NetMode::parse("nonet").err();
-        assert_eq!(
-            err,
-            Some(ApiError::NotFound("network nonet not found".into()))
-        );
+        assert_eq!(NetMode::parse("nonet")?, NetMode::User("nonet".into()));
         assert!(matches!(
             NetMode::parse("container:"),
             Err(ApiError::BadRequest(_))
