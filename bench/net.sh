@@ -37,6 +37,7 @@ cleanup() {
   [ "${KEEP:-0}" = 1 ] && echo "kept $W" || rm -rf "$W"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 bench_image "$W"
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "nan"}'; }
@@ -58,9 +59,13 @@ measure() { # PREFIX SUBNET_PREFIX (e.g. 10.232)
   : > "$W/$p.tput"
   for i in $(seq "$RUNS"); do
     nsenter -t "$pa" -n iperf3 -s -1 -p 5299 >/dev/null 2>&1 &
-    sleep 0.3
-    nsenter -t "$pb" -n iperf3 -c "$ipa" -p 5299 -t "$SECS" -J > "$W/$p.iperf.$i.json"
-    wait || true
+    local spid=$!
+    # The client retries while the one-off server is not listening yet.
+    for _ in $(seq 50); do
+      nsenter -t "$pb" -n iperf3 -c "$ipa" -p 5299 -t "$SECS" -J > "$W/$p.iperf.$i.json" 2>/dev/null && break
+      sleep 0.1
+    done
+    wait "$spid" || true
     python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9)' \
       "$W/$p.iperf.$i.json" >> "$W/$p.tput"
   done

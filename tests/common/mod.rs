@@ -456,6 +456,37 @@ pub fn busybox_rootfs_tar(out: &Path) {
     assert!(st.success(), "tar rootfs");
 }
 
+/// SIGKILLs every process in the cgroup `dir` and below, waiting up to 2 s for them to go.
+fn kill_cgroup_tree(dir: &Path) {
+    fn procs(dir: &Path, out: &mut Vec<i32>) {
+        if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    procs(&e.path(), out);
+                }
+            }
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let mut pids = Vec::new();
+        procs(dir, &mut pids);
+        if pids.is_empty() || std::time::Instant::now() > deadline {
+            return;
+        }
+        for p in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         // Remove every container (stops shims, releases netns/veths, unmounts).
@@ -469,6 +500,11 @@ impl Drop for Daemon {
             }
         }
         self.kill9();
+        // Containers whose daemon was down (a test that failed after kill9): their
+        // processes are in the daemon's cgroup parent, whatever their command line.
+        kill_cgroup_tree(
+            &Path::new("/sys/fs/cgroup/pids").join(self.cgroup.trim_start_matches('/')),
+        );
         // Whatever is left: shims, mounts, links, tables, cgroups.
         let _ = Command::new("pkill")
             .arg("-9")
