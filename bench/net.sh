@@ -60,13 +60,15 @@ measure() { # PREFIX SUBNET_PREFIX (e.g. 10.232)
   for i in $(seq "$RUNS"); do
     nsenter -t "$pa" -n iperf3 -s -1 -p 5299 >/dev/null 2>&1 &
     local spid=$!
-    # The client retries while the one-off server is not listening yet.
-    for _ in $(seq 50); do
-      nsenter -t "$pb" -n iperf3 -c "$ipa" -p 5299 -t "$SECS" -J > "$W/$p.iperf.$i.json" 2>/dev/null && break
+    # The client starts once the one-off server listens.
+    for _ in $(seq 300); do
+      nsenter -t "$pa" -n ss -Hltn "sport = :5299" | grep -q LISTEN && break
       sleep 0.1
     done
-    wait "$spid" || true
-    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9)' \
+    nsenter -t "$pb" -n iperf3 -c "$ipa" -p 5299 -t "$SECS" -J > "$W/$p.iperf.$i.json" || true
+    kill "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    python3 -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9:.2f}")' \
       "$W/$p.iperf.$i.json" >> "$W/$p.tput"
   done
   : > "$W/$p.create"; : > "$W/$p.rm"; : > "$W/$p.connect"; : > "$W/$p.disconnect"
