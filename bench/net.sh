@@ -68,7 +68,7 @@ measure() { # PREFIX SUBNET_PREFIX (e.g. 10.232)
     nsenter -t "$pb" -n iperf3 -c "$ipa" -p 5299 -t "$SECS" -J > "$W/$p.iperf.$i.json" || true
     kill "$spid" 2>/dev/null || true
     wait "$spid" 2>/dev/null || true
-    python3 -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9:.2f}")' \
+    python3 -c 'import json,sys; print("%.2f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9))' \
       "$W/$p.iperf.$i.json" >> "$W/$p.tput"
   done
   : > "$W/$p.create"; : > "$W/$p.rm"; : > "$W/$p.connect"; : > "$W/$p.disconnect"
