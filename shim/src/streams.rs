@@ -33,6 +33,13 @@ fn wait_answer(shim: &Shim, cond: WaitCondition, exited_before: bool) -> Option<
     }
 }
 
+/// Whether a wait may be answered: the exit was acknowledged by the daemon, or no daemon
+/// follows this shim (no exit yet: nothing to settle).
+fn exit_settled(shim: &Shim) -> bool {
+    let life = shim.life.borrow();
+    life.exit.is_none() || life.acked || shim.subscribers.borrow().iter().all(|s| s.is_closed())
+}
+
 /// Serves a wait hand-over: answers once, or ends quietly when the client goes away.
 pub async fn serve_wait(shim: Rc<Shim>, fd: OwnedFd, cond: WaitCondition) -> io::Result<()> {
     let exited_before = shim.life.borrow().exit.is_some();
@@ -41,9 +48,24 @@ pub async fn serve_wait(shim: Rc<Shim>, fd: OwnedFd, cond: WaitCondition) -> io:
     let _guard = (!(exited_before && cond == WaitCondition::NextExit)).then(|| shim.stream_guard());
     let sock = FdIo::new(fd)?;
     let mut rx = shim.changed.subscribe();
+    // Once the answer is known, a daemon that follows this shim records the exit first (it
+    // acknowledges it): a client that reads the state right after its wait returned (`docker
+    // run` then `docker ps`) sees the container exited, as with dockerd. Without a daemon
+    // (or one that does not answer within a second) the wait is answered anyway.
+    let mut settle_by: Option<tokio::time::Instant> = None;
     let code = loop {
         if let Some(code) = wait_answer(&shim, cond, exited_before) {
-            break code;
+            let by = *settle_by
+                .get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(1));
+            if exit_settled(&shim) || tokio::time::Instant::now() >= by {
+                break code;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Ok(()) },
+                () = tokio::time::sleep_until(by) => {}
+                () = peer_closed(&sock) => return Ok(()),
+            }
+            continue;
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() { return Ok(()) },
