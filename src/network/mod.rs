@@ -36,6 +36,8 @@ mod fake;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_macvlan;
+#[cfg(test)]
 mod tests_user;
 
 pub use etc::{write_etc_files, EtcFiles};
