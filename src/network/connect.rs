@@ -95,7 +95,9 @@ impl<K: Kernel> NetworkManager<K> {
                 rec.name
             )));
         };
-        if let Some(v) = lease.host_veth() {
+        if let Some(o) = &spec.sriov {
+            self.sriov.release(&o.parent, cid).await?;
+        } else if let Some(v) = lease.host_veth() {
             self.kernel.delete_link(v).await?;
         } else if let Some(ifname) = lease.veth.as_deref().and_then(|v| v.strip_prefix(IN_NETNS)) {
             self.kernel

@@ -7,7 +7,7 @@ use super::ipam::IN_NETNS;
 use super::ipam::{Ipam, Lease};
 use super::kernel::{BridgeSpec, Kernel, VethSpec};
 use super::manager::{check_container_id, endpoint_id, random_hex, NetworkManager};
-use super::options::MacvlanOptions;
+use super::options::{MacvlanOptions, SriovOptions};
 use super::types::{format_mac, mac_for_ip, parse_mac, Attachment, NetRequest};
 use super::usernet::{NetworkRecord, UserSpec};
 use crate::error::{ApiError, ApiResult};
@@ -33,6 +33,8 @@ pub(super) struct EpNet<'a> {
     /// A macvlan network: the endpoint is a macvlan child of this parent in the
     /// container's netns instead of a veth on `bridge` (whose gateway it routes through).
     pub macvlan: Option<MacvlanOptions>,
+    /// An sriov network: the endpoint is a VF of this PF moved into the container's netns.
+    pub sriov: Option<SriovOptions>,
     /// An `--internal` network: no default route through it.
     pub internal: bool,
 }
@@ -63,6 +65,7 @@ impl<K: Kernel> NetworkManager<K> {
             ifname: "eth0".into(),
             extra: false,
             macvlan: None,
+            sriov: None,
             internal: false,
         };
         self.ensure_endpoint(cid, req, &ep).await
@@ -86,6 +89,7 @@ impl<K: Kernel> NetworkManager<K> {
             ifname,
             extra,
             macvlan: spec.macvlan.clone(),
+            sriov: spec.sriov.clone(),
             internal: spec.internal,
         }
     }
@@ -109,7 +113,7 @@ impl<K: Kernel> NetworkManager<K> {
         self.ensure_endpoint(cid, req, &ep).await
     }
 
-    fn endpoint_attachment(
+    pub(super) fn endpoint_attachment(
         &self,
         ep: &EpNet<'_>,
         lease: &Lease,
@@ -175,6 +179,9 @@ impl<K: Kernel> NetworkManager<K> {
             return self
                 .ensure_macvlan_link(opts, ep, lease, mac, &path, req)
                 .await;
+        }
+        if let Some(opts) = &ep.sriov {
+            return self.ensure_vf(opts, ep, lease, mac, &path, req).await;
         }
         if let (false, false, Some(v)) = (fresh, mac_changed, lease.host_veth()) {
             if self.kernel.veth_attached(v, &ep.bridge.name).await? {
@@ -258,6 +265,7 @@ impl<K: Kernel> NetworkManager<K> {
     async fn teardown(&self, cid: &str) -> ApiResult<(Option<Lease>, Vec<(String, Lease)>)> {
         let lease = self.ipam.get(cid)?;
         let user = self.user_leases_of(cid)?;
+        self.release_vfs(cid).await?;
         self.kernel.remove_netns(&self.netns_path(cid)).await?;
         for l in lease.iter().chain(user.iter().map(|(_, l)| l)) {
             if l.veth.is_some() {
@@ -360,6 +368,7 @@ impl<K: Kernel> NetworkManager<K> {
             tracing::info!(container = %cid, "releasing leftover network");
             self.release(&cid).await?;
         }
+        self.reconcile_vfs(&live).await;
         self.reconcile_ports(&live).await?;
         let dir = self.netns_dir();
         for name in self.kernel.list_netns(&dir).await? {

@@ -28,6 +28,7 @@ mod publish;
 mod resource;
 pub mod shaping;
 pub mod sriov;
+mod sriovnet;
 mod types;
 mod usernet;
 

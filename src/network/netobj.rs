@@ -117,14 +117,17 @@ impl<K: Kernel> NetworkManager<K> {
         if let Some(m) = &c.macvlan {
             self.check_macvlan_parent(m, &all).await?;
         }
-        let bridge = match (&c.macvlan, &c.bridge_name) {
-            (Some(_), _) => String::new(),
-            (None, Some(b)) => b.clone(),
-            (None, None) => format!("br-{}", &id[..12]),
+        if let Some(o) = &c.sriov {
+            // The PF must be an SR-IOV PF with VFs (the driver's error names it).
+            self.sriov.free_vfs(&o.parent)?;
+        }
+        let bridged = c.macvlan.is_none() && c.sriov.is_none();
+        let bridge = match (bridged, &c.bridge_name) {
+            (false, _) => String::new(),
+            (true, Some(b)) => b.clone(),
+            (true, None) => format!("br-{}", &id[..12]),
         };
-        if c.macvlan.is_none()
-            && (bridge == self.cfg.bridge || all.iter().any(|(_, s)| s.bridge == bridge))
-        {
+        if bridged && (bridge == self.cfg.bridge || all.iter().any(|(_, s)| s.bridge == bridge)) {
             return Err(ApiError::Forbidden(format!(
                 "bridge name {bridge} is already in use by another network"
             )));
@@ -145,6 +148,7 @@ impl<K: Kernel> NetworkManager<K> {
             masquerade: c.masquerade,
             removing: false,
             macvlan: c.macvlan,
+            sriov: c.sriov,
         };
         let rec = NetworkRecord {
             name: c.name.clone(),

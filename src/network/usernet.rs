@@ -5,9 +5,10 @@
 //!
 //! Drivers: `bridge` (a Linux bridge with its firewall) and `macvlan` (no bridge, no
 //! rules: each container gets a macvlan child of the network's parent interface, see
-//! [`UserSpec::macvlan`]).
+//! [`UserSpec::macvlan`]) and `sriov` (the same with a VF per container, see
+//! [`UserSpec::sriov`]).
 
-use super::options::MacvlanOptions;
+use super::options::{MacvlanOptions, SriovOptions};
 use super::resource::{IpamConfig, IpamInfo, NetworkResource};
 use super::types::Subnet;
 use crate::error::{ApiError, ApiResult};
@@ -72,12 +73,15 @@ pub(crate) struct UserSpec {
     /// no bridge (`bridge` is empty) and no firewall rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macvlan: Option<MacvlanOptions>,
+    /// The `sriov` driver's options; like macvlan, no bridge and no rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sriov: Option<SriovOptions>,
 }
 
 impl UserSpec {
     /// Whether the network has a Linux bridge (and firewall rules) of its own.
     pub fn has_bridge(&self) -> bool {
-        self.macvlan.is_none()
+        self.macvlan.is_none() && self.sriov.is_none()
     }
 
     /// The address plan as the IPAM and the bridge need it.
@@ -160,6 +164,8 @@ pub(crate) struct CreateSpec {
     pub masquerade: bool,
     /// The driver options of a `macvlan` network.
     pub macvlan: Option<MacvlanOptions>,
+    /// The driver options of an `sriov` network.
+    pub sriov: Option<SriovOptions>,
 }
 
 /// Validates a `POST /networks/create` body like dockerd 20.10 (errors and codes).
@@ -185,7 +191,7 @@ pub(crate) fn parse_create(req: &NetworkCreateRequest, default_mtu: u32) -> ApiR
         .clone()
         .filter(|d| !d.is_empty())
         .unwrap_or("bridge".into());
-    if driver != "bridge" && driver != "macvlan" {
+    if !["bridge", "macvlan", "sriov"].contains(&driver.as_str()) {
         return Err(ApiError::NotFound(format!("plugin \"{driver}\" not found")));
     }
     if req.enable_ipv6 == Some(true) {
@@ -309,6 +315,11 @@ fn parse_rest(
     } else {
         None
     };
+    let sriov = if driver == "sriov" {
+        Some(super::options::parse_sriov_options(&options)?)
+    } else {
+        None
+    };
     Ok(CreateSpec {
         name,
         driver,
@@ -322,6 +333,7 @@ fn parse_rest(
         mtu,
         masquerade,
         macvlan,
+        sriov,
     })
 }
 
