@@ -153,23 +153,36 @@ fn sriov_network_gives_each_container_its_own_vf() -> anyhow::Result<()> {
     });
     let e = d.fails(&["network", "rm", &net]);
     assert!(e.contains("has active endpoints"), "{e}");
-    // The freed VF serves a new container.
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &names[2],
-        "--network",
-        &net,
-        "bb:test",
-        "sleep",
-        "300",
-    ]);
+    // The freed VF serves a new container. With `berth.egress.rate` its max TX rate is
+    // set on the PF (50mbit: 50 Mbit/s), which this emulated PF logs instead of applying,
+    // like the network's VLAN; the release puts the rate back (0: none).
+    let rate = ["--label", "berth.egress.rate=50mbit"];
+    let mut args = vec!["run", "-d", "--name", &names[2], "--network", &net];
+    args.extend(rate);
+    args.extend(["bb:test", "sleep", "300"]);
+    d.ok(&args);
     assert!(vfs.iter().all(|vf| !link_exists(vf)));
+    let log = d.log();
+    assert!(
+        log.contains("vlan 10 qos 0 proto 802.1Q"),
+        "{}",
+        common::tail(&log, 30)
+    );
+    assert!(
+        log.contains("min_tx_rate 0 max_tx_rate 50"),
+        "{}",
+        common::tail(&log, 30)
+    );
     d.ok(&["rm", "-f", &names[1], &names[2]]);
     common::until("both VFs back in the host", || {
         vfs.iter().all(|vf| link_exists(vf))
     });
+    let log = d.log();
+    assert!(
+        log.contains("min_tx_rate 0 max_tx_rate 0"),
+        "{}",
+        common::tail(&log, 30)
+    );
     d.ok(&["network", "rm", &net]);
     Ok(())
 }

@@ -15,10 +15,11 @@ use super::ipam::{Lease, IN_NETNS};
 use super::kernel::Kernel;
 use super::manager::NetworkManager;
 use super::options::SriovOptions;
+use super::shaping::{vf_max_tx_rate_mbps, Rate};
 use super::sriov::VfRequest;
 use super::sriov::{NetlinkPf, PfConfigurator, SriovDriver, SysfsRoot, VfSetting};
 use super::types::{Attachment, NetRequest};
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::store::Store;
 use std::path::Path;
 
@@ -118,5 +119,38 @@ impl<K: Kernel> NetworkManager<K> {
             }
             Err(e) => tracing::warn!(error = %e, "reconcile VFs"),
         }
+    }
+
+    /// Egress shaping of a container on sriov networks (`berth.egress.rate`): the max TX
+    /// rate of every VF it holds, set on the PF (`network::shaping::vf_max_tx_rate_mbps`)
+    /// instead of a tbf qdisc; `None` puts back the network's own `max_tx_rate` (or none).
+    /// The release restores the VF's rate as it was before the attach. Returns the number
+    /// of VFs set.
+    pub async fn set_vf_egress(&self, cid: &str, rate: Option<Rate>) -> ApiResult<usize> {
+        let mut n = 0;
+        for (_, spec) in self.user_records()? {
+            let Some(o) = &spec.sriov else {
+                continue;
+            };
+            let Some(mut vf) = self.sriov.registry().of_container(&o.parent, cid)? else {
+                continue;
+            };
+            let max = match rate {
+                Some(r) => vf_max_tx_rate_mbps(r).map_err(ApiError::BadRequest)?,
+                None => o.max_tx_rate.unwrap_or(0),
+            };
+            let setting = VfSetting::Rate {
+                min: o.min_tx_rate.unwrap_or(0),
+                max,
+            };
+            if !vf.reset.iter().any(|r| r.same_kind(&setting)) {
+                // On disk before the change, like the attach's own settings.
+                vf.reset.push(setting.undo());
+                self.sriov.registry().update(&vf)?;
+            }
+            self.sriov.pf().apply(&o.parent, vf.index, setting).await?;
+            n += 1;
+        }
+        Ok(n)
     }
 }
