@@ -37,7 +37,7 @@ mod fake;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_macvlan;
+mod tests_drivers;
 #[cfg(test)]
 mod tests_user;
 

@@ -1,6 +1,8 @@
-//! Unit tests of macvlan user networks on [`NetworkManager`] against the recording fake
-//! kernel: create (parent checks, no bridge, no rules), endpoints as macvlan children in
-//! the container's netns, connect/disconnect, and `network rm`.
+//! Unit tests of macvlan and sriov user networks on [`NetworkManager`] against the
+//! recording fake kernel: macvlan create (parent checks, no bridge, no rules), endpoints as
+//! macvlan children in the container's netns, connect/disconnect, `network rm`; sriov
+//! create refusals (a fake sysfs root). VF attach needs real netdevs: see
+//! tests/net_sriov_docker.rs.
 
 use super::fake::FakeKernel;
 use super::*;
@@ -146,5 +148,48 @@ async fn macvlan_network_create_endpoints_and_remove() -> anyhow::Result<()> {
     m.remove_network(&id[..6]).await?;
     assert!(m.networks()?.iter().all(|n| n.name != "mv"));
     assert_eq!(m.kernel().st().bridges, bridges);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sriov_network_create_refusals_change_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("store"))?;
+    let mut cfg = NetConfig::new(dir.path().join("exec"));
+    cfg.bridge = "bt0".into();
+    cfg.bip = Some("10.5.0.1/24".into());
+    cfg.nft_table = "tb".into();
+    // A sysfs tree where eth0 exists but is no SR-IOV PF.
+    cfg.sriov_sysfs_root = dir.path().join("sys");
+    std::fs::create_dir_all(dir.path().join("sys/class/net/eth0/device"))?;
+    let m = NetworkManager::open_with(cfg, &store, FakeKernel::default()).await?;
+    let before = m.networks()?.len();
+    m.kernel().clear_calls();
+    let cases = [
+        (r#"{"Name":"s","Driver":"sriov"}"#, "-o parent is required"),
+        (
+            r#"{"Name":"s","Driver":"sriov","Options":{"parent":"eth0","color":"red"}}"#,
+            "unknown sriov option",
+        ),
+        (
+            r#"{"Name":"s","Driver":"sriov","Options":{"parent":"eth0","vlan":"5000"}}"#,
+            "vlan id must be between 0-4094",
+        ),
+        (
+            r#"{"Name":"s","Driver":"sriov","Options":{"parent":"eth9"}}"#,
+            "-o parent interface was not found on the host: eth9",
+        ),
+        (
+            r#"{"Name":"s","Driver":"sriov","Options":{"parent":"eth0"}}"#,
+            "interface eth0 is not an SR-IOV physical function",
+        ),
+    ];
+    for (json, want) in cases {
+        let e = m.create_network(&create_req(json)?).await.err();
+        let msg = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains(want), "{json}: {msg}");
+    }
+    assert_eq!(m.networks()?.len(), before);
+    assert!(m.kernel().st().calls.is_empty());
     Ok(())
 }
