@@ -15,28 +15,25 @@ use common::usernet::{inspect, link_exists, net_inspect};
 use common::{Daemon, Launch};
 use netkit::{fake_sysfs, ping, run, Guard};
 
-#[test]
-fn sriov_network_gives_each_container_its_own_vf() -> anyhow::Result<()> {
-    if !common::is_root() {
-        eprintln!("skipped: needs root");
-        return Ok(());
-    }
+/// A "LAN" namespace with a bridge holding the gateway (.1), `n` veths standing in for the
+/// VFs of PF `pf<tag>` (their peers on that bridge) and the fake sysfs tree describing them.
+struct Lan {
+    g: Guard,
+    lan: String,
+    pf: String,
+    vfs: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+fn lan_with_vfs(n: usize) -> anyhow::Result<Lan> {
     let mut g = Guard::new();
     let lan = g.ns("slan")?;
     run(&["ip", "-n", &lan, "link", "add", "br0", "type", "bridge"])?;
-    run(&[
-        "ip",
-        "-n",
-        &lan,
-        "addr",
-        "add",
-        &format!("{}/24", g.ip(1)),
-        "dev",
-        "br0",
-    ])?;
+    let gw = format!("{}/24", g.ip(1));
+    run(&["ip", "-n", &lan, "addr", "add", &gw, "dev", "br0"])?;
     run(&["ip", "-n", &lan, "link", "set", "br0", "up"])?;
     let mut vfs = Vec::new();
-    for i in 0..2 {
+    for i in 0..n {
         let (vf, peer) = g.veth(&format!("sv{i}x"), &format!("sp{i}x"))?;
         run(&["ip", "link", "set", &peer, "netns", &lan])?;
         run(&[
@@ -47,12 +44,35 @@ fn sriov_network_gives_each_container_its_own_vf() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pf = format!("pf{}", g.tag);
     fake_sysfs(&dir.path().join("sys"), &pf, &vfs)?;
-    let sys = dir.path().join("sys").to_string_lossy().into_owned();
+    Ok(Lan {
+        g,
+        lan,
+        pf,
+        vfs,
+        dir,
+    })
+}
+
+/// A daemon reading the fake sysfs tree, with the busybox image.
+fn daemon(l: &Lan) -> Daemon {
+    let sys = l.dir.path().join("sys").to_string_lossy().into_owned();
     let d = Daemon::start_with(Launch {
         env: vec![("BERTH_SRIOV_SYSFS_ROOT".into(), sys)],
         ..Default::default()
     });
     d.import_busybox("bb:test");
+    d
+}
+
+#[test]
+fn sriov_network_gives_each_container_its_own_vf() -> anyhow::Result<()> {
+    if !common::is_root() {
+        eprintln!("skipped: needs root");
+        return Ok(());
+    }
+    let l = lan_with_vfs(2)?;
+    let d = daemon(&l);
+    let (g, lan, pf, vfs) = (&l.g, &l.lan, &l.pf, &l.vfs);
 
     let net = format!("sr{}", g.tag);
     let (subnet, gw) = (format!("{}/24", g.ip(0)), g.ip(1).to_string());
@@ -115,7 +135,7 @@ fn sriov_network_gives_each_container_its_own_vf() -> anyhow::Result<()> {
         let route = d.ok(&["exec", &names[i], "ip", "route"]);
         assert!(route.contains(&format!("default via {gw}")), "{route}");
         d.ok(&["exec", &names[i], "ping", "-c1", "-W2", &gw]);
-        ping(&lan, &ips[i])?;
+        ping(lan, &ips[i])?;
     }
     d.ok(&["exec", &names[0], "ping", "-c1", "-W2", &ips[1]]);
 
@@ -183,6 +203,58 @@ fn sriov_network_gives_each_container_its_own_vf() -> anyhow::Result<()> {
         "{}",
         common::tail(&log, 30)
     );
+    d.ok(&["network", "rm", &net]);
+    Ok(())
+}
+
+#[test]
+fn sriov_vfs_survive_a_daemon_crash_and_come_back_from_containers_that_died_meanwhile(
+) -> anyhow::Result<()> {
+    if !common::is_root() {
+        eprintln!("skipped: needs root");
+        return Ok(());
+    }
+    let l = lan_with_vfs(2)?;
+    let mut d = daemon(&l);
+    let (g, vfs) = (&l.g, &l.vfs);
+    let net = format!("sr{}", g.tag);
+    let (subnet, gw) = (format!("{}/24", g.ip(0)), g.ip(1).to_string());
+    let parent = format!("parent={}", l.pf);
+    d.ok(&[
+        "network", "create", "-d", "sriov", "--subnet", &subnet, "-o", &parent, &net,
+    ]);
+    let (c1, c2) = (format!("k1{}", g.tag), format!("k2{}", g.tag));
+    for c in [&c1, &c2] {
+        d.ok(&[
+            "run",
+            "-d",
+            "--name",
+            c,
+            "--network",
+            &net,
+            "bb:test",
+            "sleep",
+            "300",
+        ]);
+    }
+    assert!(vfs.iter().all(|vf| !common::usernet::link_exists(vf)));
+    let pid2 = inspect(&d, &[&c2])["State"]["Pid"].as_i64().unwrap_or(0);
+    assert!(pid2 > 0);
+
+    // Crash; c2 dies while no daemon runs; the restart reconciles.
+    d.kill9();
+    run(&["kill", "-9", &pid2.to_string()])?;
+    d.spawn();
+    common::until("c2's VF back in the host", || {
+        vfs.iter().filter(|vf| link_exists(vf)).count() == 1
+    });
+    // The live container kept its VF where it was and still reaches the LAN.
+    assert_eq!(inspect(&d, &[&c1])["State"]["Running"], true);
+    d.ok(&["exec", &c1, "ping", "-c1", "-W2", &gw]);
+    d.ok(&["rm", "-f", &c1, &c2]);
+    common::until("both VFs back in the host", || {
+        vfs.iter().all(|vf| link_exists(vf))
+    });
     d.ok(&["network", "rm", &net]);
     Ok(())
 }
