@@ -53,6 +53,10 @@ pub struct Flags {
     /// (e.g. 100mbit); unset or 0: not shaped.
     #[arg(long, env = "BERTH_DEFAULT_EGRESS_RATE", value_name = "RATE")]
     pub default_egress_rate: Option<String>,
+    /// Root of the sysfs tree the sriov network driver reads (tests: a fake tree whose
+    /// VFs are veths; PF-side VF settings are then skipped).
+    #[arg(long, env = "BERTH_SRIOV_SYSFS_ROOT", hide = true, value_name = "PATH")]
+    pub sriov_sysfs_root: Option<PathBuf>,
     /// A command instead of running the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -117,6 +121,8 @@ pub struct Config {
     pub log_opts: HashMap<String, String>,
     /// Egress rate of containers that set none (`--default-egress-rate`); `None`: not shaped.
     pub default_egress_rate: Option<Rate>,
+    /// `--sriov-sysfs-root` (`/sys`).
+    pub sriov_sysfs_root: PathBuf,
 }
 
 impl Config {
@@ -193,6 +199,7 @@ impl Config {
                 .unwrap_or_else(|| "/berth".into()),
             log_opts: file.log_opts.unwrap_or_default(),
             default_egress_rate,
+            sriov_sysfs_root: flags.sriov_sysfs_root.unwrap_or_else(|| "/sys".into()),
         })
     }
 }

@@ -141,6 +141,12 @@ impl Containers {
         if want.is_none() && at_start {
             return Ok(());
         }
+        // A VF is limited by the PF (its max TX rate), not by a qdisc (a real VF is no
+        // veth, so the shaper below leaves it alone).
+        self.net
+            .set_vf_egress(&rec.id, want.as_ref().map(|e| e.rate))
+            .await
+            .map_err(|e| ApiError::Internal(format!("apply egress shaping to VFs: {e}")))?;
         self.egress
             .shaper
             .apply(netns, want.as_ref())

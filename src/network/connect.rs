@@ -5,8 +5,7 @@
 //! leases (so their addresses) and get their veths back on its next start
 //! ([`NetworkManager::ensure_connected`]).
 
-use super::endpoint::EpNet;
-use super::ipam::Lease;
+use super::ipam::{Lease, IN_NETNS};
 use super::kernel::Kernel;
 use super::manager::{check_container_id, endpoint_id, NetworkManager};
 use super::types::{format_mac, mac_for_ip, Attachment, NetMode, NetRequest};
@@ -72,15 +71,7 @@ impl<K: Kernel> NetworkManager<K> {
             })?;
             return Ok(None);
         }
-        let ep = EpNet {
-            id: &rec.id,
-            name: &rec.name,
-            bridge: Self::user_bridge_spec(&spec),
-            ipam: &ipam,
-            user: true,
-            ifname,
-            extra: true,
-        };
+        let ep = Self::user_epnet(&rec, &spec, &ipam, ifname, true);
         let att = self.ensure_endpoint(cid, req, &ep).await;
         if att.is_err() {
             // Nothing half-done stays: the lease goes with the failed veth.
@@ -104,8 +95,14 @@ impl<K: Kernel> NetworkManager<K> {
                 rec.name
             )));
         };
-        if let Some(v) = &lease.veth {
+        if let Some(o) = &spec.sriov {
+            self.sriov.release(&o.parent, cid).await?;
+        } else if let Some(v) = lease.host_veth() {
             self.kernel.delete_link(v).await?;
+        } else if let Some(ifname) = lease.veth.as_deref().and_then(|v| v.strip_prefix(IN_NETNS)) {
+            self.kernel
+                .delete_link_in(&self.netns_path(cid), ifname)
+                .await?;
         }
         ipam.release(cid)?;
         self.refresh_hosts_logged();
@@ -140,15 +137,7 @@ impl<K: Kernel> NetworkManager<K> {
                 aliases: l.aliases.clone(),
                 hosts_file: hosts_file.clone(),
             };
-            let ep = EpNet {
-                id: &rec.id,
-                name: &rec.name,
-                bridge: Self::user_bridge_spec(&spec),
-                ipam: &ipam,
-                user: true,
-                ifname,
-                extra: true,
-            };
+            let ep = Self::user_epnet(&rec, &spec, &ipam, ifname, true);
             out.push(self.ensure_endpoint(cid, &req, &ep).await?);
         }
         Ok(out)

@@ -3,10 +3,13 @@
 //! container stops (`detach`, the lease stays) or goes (`release`), plus the crash
 //! reconcile of leftovers. Everything is idempotent: what exists and is right is reused.
 
+use super::ipam::IN_NETNS;
 use super::ipam::{Ipam, Lease};
 use super::kernel::{BridgeSpec, Kernel, VethSpec};
 use super::manager::{check_container_id, endpoint_id, random_hex, NetworkManager};
+use super::options::{MacvlanOptions, SriovOptions};
 use super::types::{format_mac, mac_for_ip, parse_mac, Attachment, NetRequest};
+use super::usernet::{NetworkRecord, UserSpec};
 use crate::error::{ApiError, ApiResult};
 use std::collections::HashSet;
 use std::path::Path;
@@ -27,6 +30,13 @@ pub(super) struct EpNet<'a> {
     pub ifname: String,
     /// Joined with `docker network connect`: no default route, remembered in the lease.
     pub extra: bool,
+    /// A macvlan network: the endpoint is a macvlan child of this parent in the
+    /// container's netns instead of a veth on `bridge` (whose gateway it routes through).
+    pub macvlan: Option<MacvlanOptions>,
+    /// An sriov network: the endpoint is a VF of this PF moved into the container's netns.
+    pub sriov: Option<SriovOptions>,
+    /// An `--internal` network: no default route through it.
+    pub internal: bool,
 }
 
 impl<K: Kernel> NetworkManager<K> {
@@ -54,8 +64,34 @@ impl<K: Kernel> NetworkManager<K> {
             user: false,
             ifname: "eth0".into(),
             extra: false,
+            macvlan: None,
+            sriov: None,
+            internal: false,
         };
         self.ensure_endpoint(cid, req, &ep).await
+    }
+
+    /// The endpoint description of a user network (`extra`: joined by `network connect`
+    /// as `ifname`).
+    pub(super) fn user_epnet<'a>(
+        rec: &'a NetworkRecord,
+        spec: &UserSpec,
+        ipam: &'a Ipam,
+        ifname: String,
+        extra: bool,
+    ) -> EpNet<'a> {
+        EpNet {
+            id: &rec.id,
+            name: &rec.name,
+            bridge: Self::user_bridge_spec(spec),
+            ipam,
+            user: true,
+            ifname,
+            extra,
+            macvlan: spec.macvlan.clone(),
+            sriov: spec.sriov.clone(),
+            internal: spec.internal,
+        }
     }
 
     pub(super) async fn ensure_user_endpoint(
@@ -73,19 +109,11 @@ impl<K: Kernel> NetworkManager<K> {
             ));
         }
         let ipam = self.user_ipam(&rec, &spec);
-        let ep = EpNet {
-            id: &rec.id,
-            name: &rec.name,
-            bridge: Self::user_bridge_spec(&spec),
-            ipam: &ipam,
-            user: true,
-            ifname: "eth0".into(),
-            extra: false,
-        };
+        let ep = Self::user_epnet(&rec, &spec, &ipam, "eth0".into(), false);
         self.ensure_endpoint(cid, req, &ep).await
     }
 
-    fn endpoint_attachment(
+    pub(super) fn endpoint_attachment(
         &self,
         ep: &EpNet<'_>,
         lease: &Lease,
@@ -101,7 +129,7 @@ impl<K: Kernel> NetworkManager<K> {
             prefix_len: lease.prefix_len,
             gateway: Some(ep.bridge.gateway),
             mac: lease.mac.clone(),
-            host_veth: lease.veth.clone(),
+            host_veth: lease.host_veth().map(str::to_string),
             host_gateway: Some(self.subnet.gateway),
             ports: Vec::new(),
             ipam_ip: req.ip,
@@ -147,13 +175,23 @@ impl<K: Kernel> NetworkManager<K> {
             lease.hosts = req.hosts_file.clone();
             ep.ipam.update(&lease)?;
         }
-        if let (false, false, Some(v)) = (fresh, mac_changed, &lease.veth) {
+        if let Some(opts) = &ep.macvlan {
+            return self
+                .ensure_macvlan_link(opts, ep, lease, mac, &path, req)
+                .await;
+        }
+        if let Some(opts) = &ep.sriov {
+            return self.ensure_vf(opts, ep, lease, mac, &path, req).await;
+        }
+        if let (false, false, Some(v)) = (fresh, mac_changed, lease.host_veth()) {
             if self.kernel.veth_attached(v, &ep.bridge.name).await? {
                 return Ok(self.endpoint_attachment(ep, &lease, &path, req));
             }
         }
         if let Some(old) = lease.veth.take() {
-            self.kernel.delete_link(&old).await?;
+            if !old.starts_with(IN_NETNS) {
+                self.kernel.delete_link(&old).await?;
+            }
         }
         // Heals a bridge deleted behind our back since open (no-op when it is right).
         self.kernel.ensure_bridge(&ep.bridge).await?;
@@ -181,6 +219,37 @@ impl<K: Kernel> NetworkManager<K> {
         Ok(self.endpoint_attachment(ep, &lease, &path, req))
     }
 
+    /// The macvlan child of a container on a macvlan network (idempotent: the kernel side
+    /// keeps a link that is right and replaces a stale one).
+    async fn ensure_macvlan_link(
+        &self,
+        opts: &MacvlanOptions,
+        ep: &EpNet<'_>,
+        mut lease: Lease,
+        mac: [u8; 6],
+        path: &Path,
+        req: &NetRequest,
+    ) -> ApiResult<Attachment> {
+        let gateway = (!ep.extra && !ep.internal).then_some(ep.bridge.gateway);
+        super::macvlan::attach(
+            self.kernel.as_ref(),
+            opts,
+            path.to_path_buf(),
+            &ep.ifname,
+            mac,
+            lease.ip,
+            lease.prefix_len,
+            gateway,
+        )
+        .await?;
+        let mark = format!("{IN_NETNS}{}", ep.ifname);
+        if lease.veth.as_deref() != Some(mark.as_str()) {
+            lease.veth = Some(mark);
+            ep.ipam.update(&lease)?;
+        }
+        Ok(self.endpoint_attachment(ep, &lease, path, req))
+    }
+
     /// The container's leases on user networks, with their store keys.
     pub(super) fn user_leases_of(&self, cid: &str) -> ApiResult<Vec<(String, Lease)>> {
         Ok(self
@@ -196,6 +265,7 @@ impl<K: Kernel> NetworkManager<K> {
     async fn teardown(&self, cid: &str) -> ApiResult<(Option<Lease>, Vec<(String, Lease)>)> {
         let lease = self.ipam.get(cid)?;
         let user = self.user_leases_of(cid)?;
+        self.release_vfs(cid).await?;
         self.kernel.remove_netns(&self.netns_path(cid)).await?;
         for l in lease.iter().chain(user.iter().map(|(_, l)| l)) {
             if l.veth.is_some() {
@@ -209,7 +279,7 @@ impl<K: Kernel> NetworkManager<K> {
         let veths: Vec<String> = lease
             .iter()
             .chain(user.iter().map(|(_, l)| l))
-            .filter_map(|l| l.veth.clone())
+            .filter_map(|l| l.host_veth().map(str::to_string))
             .collect();
         for v in veths {
             // Deleting a veth waits ~25 ms for the kernel's RCU grace period. With the netns
@@ -298,6 +368,7 @@ impl<K: Kernel> NetworkManager<K> {
             tracing::info!(container = %cid, "releasing leftover network");
             self.release(&cid).await?;
         }
+        self.reconcile_vfs(&live).await;
         self.reconcile_ports(&live).await?;
         let dir = self.netns_dir();
         for name in self.kernel.list_netns(&dir).await? {
@@ -307,7 +378,12 @@ impl<K: Kernel> NetworkManager<K> {
             }
         }
         let mut bridges = vec![self.cfg.bridge.clone()];
-        bridges.extend(self.user_records()?.into_iter().map(|(_, s)| s.bridge));
+        bridges.extend(
+            self.user_records()?
+                .into_iter()
+                .filter(|(_, s)| s.has_bridge())
+                .map(|(_, s)| s.bridge),
+        );
         for bridge in bridges {
             for port in self.kernel.bridge_ports(&bridge).await? {
                 if port.starts_with("veth") && !keep_veths.contains(&port) {

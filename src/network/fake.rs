@@ -182,6 +182,16 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
+    async fn link_exists(&self, name: &str) -> ApiResult<bool> {
+        let st = self.st();
+        let parent = if st.parents.is_empty() {
+            name == "eth0"
+        } else {
+            st.parents.contains(name)
+        };
+        Ok(parent || st.links.contains_key(name) || st.bridges.contains_key(name))
+    }
+
     async fn delete_link(&self, name: &str) -> ApiResult<()> {
         let mut st = self.st();
         if st.bridges.remove(name).is_some() {

@@ -48,6 +48,19 @@ pub struct Lease {
     pub requested_ip: Option<Ipv4Addr>,
 }
 
+/// What [`Lease::veth`] holds for an endpoint whose link lives only in the container's
+/// netns (a macvlan child): this prefix and the interface name. `:` cannot occur in a link
+/// name, so the value never names a host link.
+pub(crate) const IN_NETNS: &str = "netns:";
+
+impl Lease {
+    /// The host side of the endpoint's veth (`None`: no endpoint, or one that lives only in
+    /// the container's netns).
+    pub fn host_veth(&self) -> Option<&str> {
+        self.veth.as_deref().filter(|v| !v.starts_with(IN_NETNS))
+    }
+}
+
 /// The lease table of one subnet.
 pub(crate) struct Ipam {
     table: Table,

@@ -102,6 +102,8 @@ pub trait Kernel: Send + Sync + 'static {
     /// Destinations of the host's IPv4 routes in the main table, without the default route
     /// (a new network's subnet must not overlap any of them).
     fn ipv4_routes(&self) -> impl Future<Output = ApiResult<Vec<ipnet::Ipv4Net>>> + Send;
+    /// Whether a link of that name exists in the host namespace.
+    fn link_exists(&self, name: &str) -> impl Future<Output = ApiResult<bool>> + Send;
     /// Deletes a link of the host namespace (its veth peer goes with it).
     fn delete_link(&self, name: &str) -> impl Future<Output = ApiResult<()>> + Send;
     /// Counters of every interface but `lo` inside a netns.

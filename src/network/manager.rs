@@ -46,6 +46,7 @@ pub struct NetworkManager<K: Kernel = NetlinkKernel> {
     pub(super) locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Host ports held by containers (`-p`, `-P`).
     pub(super) ports: PortAllocator,
+    pub(super) sriov: super::sriov::SriovDriver<super::sriovnet::VfPf>,
 }
 
 impl NetworkManager<NetlinkKernel> {
@@ -138,6 +139,7 @@ impl<K: Kernel> NetworkManager<K> {
             hosts_lock: Mutex::new(()),
             ports: PortAllocator::new(store.table("ports")?, ephemeral_range()),
             kernel: Arc::new(kernel),
+            sriov: super::sriovnet::open_driver(&cfg.sriov_sysfs_root, store)?,
             cfg,
             subnet,
             locks: Mutex::new(HashMap::new()),

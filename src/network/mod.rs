@@ -28,6 +28,7 @@ mod publish;
 mod resource;
 pub mod shaping;
 pub mod sriov;
+mod sriovnet;
 mod types;
 mod usernet;
 
@@ -35,6 +36,8 @@ mod usernet;
 mod fake;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_drivers;
 #[cfg(test)]
 mod tests_user;
 

@@ -350,6 +350,10 @@ impl Kernel for NetlinkKernel {
         Ok(())
     }
 
+    async fn link_exists(&self, name: &str) -> ApiResult<bool> {
+        Ok(link_by_name(&self.handle, name).await?.is_some())
+    }
+
     async fn delete_link(&self, name: &str) -> ApiResult<()> {
         let Some(l) = link_by_name(&self.handle, name).await? else {
             return Ok(());

@@ -11,6 +11,7 @@ use super::firewall::{
 use super::ipam::{Ipam, Lease};
 use super::kernel::{BridgeSpec, Kernel};
 use super::manager::{random_hex, NetworkManager};
+use super::options::{split_vlan_parent, MacvlanOptions};
 use super::usernet::{parse_create, pick_subnet, NetworkRecord, UserSpec};
 use crate::error::{ApiError, ApiResult};
 use berth_api::models::NetworkCreateRequest;
@@ -113,11 +114,20 @@ impl<K: Kernel> NetworkManager<K> {
         };
         let first_host = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 1);
         let id = random_hex(64);
-        let bridge = c
-            .bridge_name
-            .clone()
-            .unwrap_or_else(|| format!("br-{}", &id[..12]));
-        if bridge == self.cfg.bridge || all.iter().any(|(_, s)| s.bridge == bridge) {
+        if let Some(m) = &c.macvlan {
+            self.check_macvlan_parent(m, &all).await?;
+        }
+        if let Some(o) = &c.sriov {
+            // The PF must be an SR-IOV PF with VFs (the driver's error names it).
+            self.sriov.free_vfs(&o.parent)?;
+        }
+        let bridged = c.macvlan.is_none() && c.sriov.is_none();
+        let bridge = match (bridged, &c.bridge_name) {
+            (false, _) => String::new(),
+            (true, Some(b)) => b.clone(),
+            (true, None) => format!("br-{}", &id[..12]),
+        };
+        if bridged && (bridge == self.cfg.bridge || all.iter().any(|(_, s)| s.bridge == bridge)) {
             return Err(ApiError::Forbidden(format!(
                 "bridge name {bridge} is already in use by another network"
             )));
@@ -137,6 +147,8 @@ impl<K: Kernel> NetworkManager<K> {
             mtu: c.mtu,
             masquerade: c.masquerade,
             removing: false,
+            macvlan: c.macvlan,
+            sriov: c.sriov,
         };
         let rec = NetworkRecord {
             name: c.name.clone(),
@@ -150,6 +162,9 @@ impl<K: Kernel> NetworkManager<K> {
                 "network with name {} already exists",
                 c.name
             )));
+        }
+        if !spec.has_bridge() {
+            return Ok(id);
         }
         let made = async {
             self.kernel
@@ -171,6 +186,40 @@ impl<K: Kernel> NetworkManager<K> {
             return Err(e);
         }
         Ok(id)
+    }
+
+    /// dockerd's checks of a macvlan parent: it exists on the host (a missing `name.vid`
+    /// parent would be an 802.1Q sub-interface dockerd creates; the target kernels lack
+    /// 802.1Q) and no other macvlan network uses it.
+    async fn check_macvlan_parent(
+        &self,
+        m: &MacvlanOptions,
+        all: &[(NetworkRecord, UserSpec)],
+    ) -> ApiResult<()> {
+        if let Some((r, _)) = all
+            .iter()
+            .find(|(_, s)| s.macvlan.as_ref().is_some_and(|o| o.parent == m.parent))
+        {
+            return Err(ApiError::Internal(format!(
+                "network {} is already using parent interface {}",
+                r.id, m.parent
+            )));
+        }
+        if self.kernel.link_exists(&m.parent).await? {
+            return Ok(());
+        }
+        if m.parent.contains('.') {
+            let (link, vid) = split_vlan_parent(&m.parent)?;
+            return Err(ApiError::NotImplemented(format!(
+                "cannot create the 802.1Q sub-interface {} (vlan {vid} on {link}): create it \
+                 on the host first and pass it as the parent",
+                m.parent
+            )));
+        }
+        Err(ApiError::Internal(format!(
+            "-o parent interface was not found on the host: {}",
+            m.parent
+        )))
     }
 
     /// Whether the network has an endpoint of a running container (a veth).
@@ -208,8 +257,10 @@ impl<K: Kernel> NetworkManager<K> {
         spec.removing = true;
         rec.user = Some(spec.clone());
         self.nets.put(&rec.name, &rec)?;
-        self.kernel.delete_link(&spec.bridge).await?;
-        self.sync_firewall().await?;
+        if spec.has_bridge() {
+            self.kernel.delete_link(&spec.bridge).await?;
+            self.sync_firewall().await?;
+        }
         let ipam = self.user_ipam(&rec, &spec);
         for l in ipam.all()? {
             ipam.release(&l.container_id)?;
@@ -245,7 +296,7 @@ impl<K: Kernel> NetworkManager<K> {
             if spec.removing {
                 tracing::info!(network = %rec.name, "finishing an interrupted network removal");
                 self.teardown_network(rec, spec).await?;
-            } else {
+            } else if spec.has_bridge() {
                 self.kernel
                     .ensure_bridge(&Self::user_bridge_spec(&spec))
                     .await?;
@@ -263,7 +314,8 @@ impl<K: Kernel> NetworkManager<K> {
             Some(json) => Some(parse_listing(&json)?),
             None => None,
         };
-        let users = self.user_records()?;
+        let mut users = self.user_records()?;
+        users.retain(|(_, s)| s.has_bridge());
         let mut all: Vec<&str> = vec![self.cfg.bridge.as_str()];
         all.extend(users.iter().map(|(_, s)| s.bridge.as_str()));
         let mut default_rules = bridge_rules(&self.cfg.bridge, self.subnet.net);

@@ -38,7 +38,7 @@ impl MacvlanMode {
 }
 
 /// Parsed options of a macvlan network.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MacvlanOptions {
     /// `-o parent=`: the host interface, possibly `name.vid` (an 802.1Q sub-interface that
     /// dockerd creates on demand; see [`split_vlan_parent`]).

@@ -53,7 +53,10 @@ impl<K: Kernel> NetworkManager<K> {
         if att.network == "bridge" {
             return Some(self.config().bridge.clone());
         }
-        self.find_user(&att.network_id).ok().map(|(_, s)| s.bridge)
+        self.find_user(&att.network_id)
+            .ok()
+            .filter(|(_, s)| s.has_bridge())
+            .map(|(_, s)| s.bridge)
     }
 
     /// The host ports `container_id` holds.

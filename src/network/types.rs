@@ -18,6 +18,8 @@ pub struct NetConfig {
     pub nft_table: String,
     /// Runtime root; network namespaces live in `<exec_root>/netns/<container id>`.
     pub exec_root: PathBuf,
+    /// Root of the sysfs tree the `sriov` driver reads VFs from (`/sys`; tests: a fake).
+    pub sriov_sysfs_root: PathBuf,
 }
 
 impl NetConfig {
@@ -28,6 +30,7 @@ impl NetConfig {
             bip: None,
             nft_table: "berth".into(),
             exec_root,
+            sriov_sysfs_root: "/sys".into(),
         }
     }
 

@@ -3,9 +3,12 @@
 //! `POST /networks/create` body into a [`UserSpec`], dockerd's choice of a free subnet from
 //! its default pools, and the API view of a user network.
 //!
-//! Only the `bridge` driver exists today; the record keeps the driver's name so that other
-//! drivers (macvlan, sriov) plug in with their own spec later.
+//! Drivers: `bridge` (a Linux bridge with its firewall) and `macvlan` (no bridge, no
+//! rules: each container gets a macvlan child of the network's parent interface, see
+//! [`UserSpec::macvlan`]) and `sriov` (the same with a VF per container, see
+//! [`UserSpec::sriov`]).
 
+use super::options::{MacvlanOptions, SriovOptions};
 use super::resource::{IpamConfig, IpamInfo, NetworkResource};
 use super::types::Subnet;
 use crate::error::{ApiError, ApiResult};
@@ -66,9 +69,21 @@ pub(crate) struct UserSpec {
     /// Set while `network rm` tears the network down; a crash restart finishes the job.
     #[serde(default)]
     pub removing: bool,
+    /// The `macvlan` driver's options; `None` for a bridge network. A macvlan network has
+    /// no bridge (`bridge` is empty) and no firewall rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macvlan: Option<MacvlanOptions>,
+    /// The `sriov` driver's options; like macvlan, no bridge and no rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sriov: Option<SriovOptions>,
 }
 
 impl UserSpec {
+    /// Whether the network has a Linux bridge (and firewall rules) of its own.
+    pub fn has_bridge(&self) -> bool {
+        self.macvlan.is_none() && self.sriov.is_none()
+    }
+
     /// The address plan as the IPAM and the bridge need it.
     pub fn plan(&self) -> Subnet {
         Subnet {
@@ -147,6 +162,10 @@ pub(crate) struct CreateSpec {
     pub bridge_name: Option<String>,
     pub mtu: u32,
     pub masquerade: bool,
+    /// The driver options of a `macvlan` network.
+    pub macvlan: Option<MacvlanOptions>,
+    /// The driver options of an `sriov` network.
+    pub sriov: Option<SriovOptions>,
 }
 
 /// Validates a `POST /networks/create` body like dockerd 20.10 (errors and codes).
@@ -172,7 +191,7 @@ pub(crate) fn parse_create(req: &NetworkCreateRequest, default_mtu: u32) -> ApiR
         .clone()
         .filter(|d| !d.is_empty())
         .unwrap_or("bridge".into());
-    if driver != "bridge" {
+    if !["bridge", "macvlan", "sriov"].contains(&driver.as_str()) {
         return Err(ApiError::NotFound(format!("plugin \"{driver}\" not found")));
     }
     if req.enable_ipv6 == Some(true) {
@@ -291,6 +310,16 @@ fn parse_rest(
         None => true,
         Some(v) => v.parse::<bool>().map_err(|_| bad(OPT_MASQUERADE, v))?,
     };
+    let macvlan = if driver == "macvlan" {
+        Some(super::options::parse_macvlan_options(&options)?)
+    } else {
+        None
+    };
+    let sriov = if driver == "sriov" {
+        Some(super::options::parse_sriov_options(&options)?)
+    } else {
+        None
+    };
     Ok(CreateSpec {
         name,
         driver,
@@ -303,6 +332,8 @@ fn parse_rest(
         bridge_name,
         mtu,
         masquerade,
+        macvlan,
+        sriov,
     })
 }
 

@@ -102,6 +102,7 @@ impl Daemon {
                     bip: config.bip.clone(),
                     nft_table: config.nft_table.clone(),
                     exec_root: config.exec_root.clone(),
+                    sriov_sysfs_root: config.sriov_sysfs_root.clone(),
                 },
                 &store,
                 !clean_takeover,

@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+use std::fs;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -97,4 +99,29 @@ impl Drop for Guard {
 
 pub fn netns_path(name: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(name)
+}
+
+/// A fake sysfs tree under `root` for PF `pf` whose VFs are the host links `vfs`.
+pub fn fake_sysfs(root: &Path, pf: &str, vfs: &[String]) -> anyhow::Result<()> {
+    let pci = root.join("bus/pci/devices");
+    let pf_pci = pci.join("0000:af:00.1");
+    fs::create_dir_all(&pf_pci)?;
+    fs::create_dir_all(root.join("class/net").join(pf))?;
+    symlink(&pf_pci, root.join("class/net").join(pf).join("device"))?;
+    fs::write(pf_pci.join("sriov_numvfs"), format!("{}\n", vfs.len()))?;
+    for (i, name) in vfs.iter().enumerate() {
+        let ifindex = fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))?;
+        let vf = pci.join(format!("0000:af:06.{i}"));
+        fs::create_dir_all(vf.join("net").join(name))?;
+        fs::write(vf.join("net").join(name).join("ifindex"), ifindex)?;
+        fs::create_dir_all(vf.join("msi_irqs"))?;
+        fs::write(vf.join("msi_irqs").join((60 + i).to_string()), "msix\n")?;
+        symlink(
+            format!("../0000:af:06.{i}"),
+            pf_pci.join(format!("virtfn{i}")),
+        )?;
+        // The netdev's own sysfs directory with one receive queue (for rps_cpus).
+        fs::create_dir_all(root.join("class/net").join(name).join("queues/rx-0"))?;
+    }
+    Ok(())
 }
