@@ -104,9 +104,8 @@ pub(crate) mod nl {
     use rtnetlink::packet_route::link::{
         InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkInfo, LinkMessage,
     };
-    use rtnetlink::{Handle, LinkMacVlan, LinkUnspec, RouteMessageBuilder};
+    use rtnetlink::{Handle, LinkMacVlan, LinkUnspec};
     use std::fs::File;
-    use std::net::IpAddr;
     use std::os::fd::AsRawFd;
     use std::path::Path;
 
@@ -171,27 +170,15 @@ pub(crate) mod nl {
             .execute()
             .await
             .map_err(|e| nl_err(&format!("{step}: set up"), e))?;
-        inner
-            .address()
-            .add(idx, IpAddr::V4(spec.ip), spec.prefix_len)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| nl_err(&format!("{step}: add address {}", spec.ip), e))?;
-        if let Some(gw) = spec.gateway {
-            let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(gw)
-                .output_interface(idx)
-                .build();
-            inner
-                .route()
-                .add(route)
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| nl_err(&format!("{step}: add default route via {gw}"), e))?;
-        }
-        Ok(())
+        crate::network::netlink::add_address_and_route(
+            &inner,
+            idx,
+            spec.ip,
+            spec.prefix_len,
+            spec.gateway,
+            &step,
+        )
+        .await
     }
 
     /// Whether `l` is a macvlan on `parent` with the spec's mode and MAC.

@@ -52,11 +52,42 @@ fn errno(e: &rtnetlink::Error) -> i32 {
     }
 }
 
-fn nl_err(step: &str, e: rtnetlink::Error) -> ApiError {
+pub(crate) fn nl_err(step: &str, e: rtnetlink::Error) -> ApiError {
     match e {
         rtnetlink::Error::NetlinkError(m) => ApiError::internal(step, m.to_io()),
         other => ApiError::internal(step, other),
     }
+}
+
+/// Puts `ip/prefix_len` on link `index` of the namespace `h` works in and, with `gateway`,
+/// the default route through it (both replaced if present). `step` leads the errors.
+pub(crate) async fn add_address_and_route(
+    h: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Option<Ipv4Addr>,
+    step: &str,
+) -> ApiResult<()> {
+    h.address()
+        .add(index, IpAddr::V4(ip), prefix_len)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| nl_err(&format!("{step}: add address {ip}"), e))?;
+    if let Some(gw) = gateway {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gw)
+            .output_interface(index)
+            .build();
+        h.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| nl_err(&format!("{step}: add default route via {gw}"), e))?;
+    }
+    Ok(())
 }
 
 /// Looks a link up by name; `None` when there is none.
@@ -327,27 +358,8 @@ impl Kernel for NetlinkKernel {
             .ok_or_else(|| ApiError::Internal(format!("{step}: {} missing", spec.ifname)))?;
         let idx = eth.header.index;
         set_up(&inner, idx, &spec.ifname).await?;
-        inner
-            .address()
-            .add(idx, IpAddr::V4(spec.ip), spec.prefix_len)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| nl_err(&format!("{step}: add address {}", spec.ip), e))?;
-        if spec.default_route {
-            let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(spec.gateway)
-                .output_interface(idx)
-                .build();
-            inner
-                .route()
-                .add(route)
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| nl_err(&format!("{step}: add default route"), e))?;
-        }
-        Ok(())
+        let gateway = spec.default_route.then_some(spec.gateway);
+        add_address_and_route(&inner, idx, spec.ip, spec.prefix_len, gateway, &step).await
     }
 
     async fn link_exists(&self, name: &str) -> ApiResult<bool> {

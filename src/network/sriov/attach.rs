@@ -16,9 +16,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::network::netns;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec};
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -45,12 +45,7 @@ pub struct VfNetdev {
     pub gateway: Option<Ipv4Addr>,
 }
 
-pub(crate) fn nl_err(step: &str, e: rtnetlink::Error) -> ApiError {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => ApiError::internal(step, m.to_io()),
-        other => ApiError::internal(step, other),
-    }
-}
+pub(crate) use crate::network::netlink::nl_err;
 
 fn errno(e: &rtnetlink::Error) -> i32 {
     match e {
@@ -170,27 +165,15 @@ pub async fn move_in(host: &Handle, spec: &VfNetdev) -> ApiResult<()> {
         .execute()
         .await
         .map_err(|e| nl_err(&format!("{step}: set MAC/MTU and up"), e))?;
-    inner
-        .address()
-        .add(index, IpAddr::V4(spec.ip), spec.prefix_len)
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| nl_err(&format!("{step}: add address {}", spec.ip), e))?;
-    if let Some(gw) = spec.gateway {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gw)
-            .output_interface(index)
-            .build();
-        inner
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| nl_err(&format!("{step}: add default route via {gw}"), e))?;
-    }
-    Ok(())
+    crate::network::netlink::add_address_and_route(
+        &inner,
+        index,
+        spec.ip,
+        spec.prefix_len,
+        spec.gateway,
+        &step,
+    )
+    .await
 }
 
 /// Where a VF netdev was found by [`move_out`].
