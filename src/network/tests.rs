@@ -8,13 +8,16 @@ use crate::store::Store;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-struct Env {
-    _dir: tempfile::TempDir,
-    store: Store,
-    cfg: NetConfig,
+/// A store and a configuration in a temporary directory (shared by the network unit
+/// tests).
+pub(super) struct Env {
+    pub(super) _dir: tempfile::TempDir,
+    pub(super) store: Store,
+    pub(super) cfg: NetConfig,
 }
 
-fn env() -> anyhow::Result<Env> {
+/// [`Env`] with bridge `bt0`, 10.5.0.1/24 and table `tb`.
+pub(super) fn env() -> anyhow::Result<Env> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(&dir.path().join("store"))?;
     let mut cfg = NetConfig::new(dir.path().join("exec"));

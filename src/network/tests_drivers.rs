@@ -28,13 +28,8 @@ const MV: &str = r#"{"Name":"mv","Driver":"macvlan","IPAM":{"Config":[{"Subnet":
 
 #[tokio::test]
 async fn macvlan_network_create_endpoints_and_remove() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(&dir.path().join("store"))?;
-    let mut cfg = NetConfig::new(dir.path().join("exec"));
-    cfg.bridge = "bt0".into();
-    cfg.bip = Some("10.5.0.1/24".into());
-    cfg.nft_table = "tb".into();
-    let m = NetworkManager::open_with(cfg, &store, FakeKernel::default()).await?;
+    let e = super::tests::env()?;
+    let m = NetworkManager::open_with(e.cfg.clone(), &e.store, FakeKernel::default()).await?;
     let bridges = m.kernel().st().bridges.clone();
     let nft = format!("{:?}", m.kernel().st().nft);
 

@@ -2,31 +2,11 @@
 //! kernel: create/inspect/rm/prune, endpoints with `--ip`, and crash recovery.
 
 use super::fake::FakeKernel;
+use super::tests::env;
 use super::*;
 use crate::error::ApiError;
-use crate::store::Store;
 use berth_api::models::NetworkCreateRequest;
 use std::net::Ipv4Addr;
-
-struct Env {
-    _dir: tempfile::TempDir,
-    store: Store,
-    cfg: NetConfig,
-}
-
-fn env() -> anyhow::Result<Env> {
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(&dir.path().join("store"))?;
-    let mut cfg = NetConfig::new(dir.path().join("exec"));
-    cfg.bridge = "bt0".into();
-    cfg.bip = Some("10.5.0.1/24".into());
-    cfg.nft_table = "tb".into();
-    Ok(Env {
-        _dir: dir,
-        store,
-        cfg,
-    })
-}
 
 fn create_req(json: &str) -> anyhow::Result<NetworkCreateRequest> {
     Ok(serde_json::from_str(json)?)
