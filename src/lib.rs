@@ -17,6 +17,7 @@ pub mod image;
 pub mod listener;
 pub mod master;
 pub mod network;
+pub mod resources;
 pub mod server;
 pub mod shimclient;
 pub mod store;

@@ -1,0 +1,10 @@
+//! Resources: the containers' cgroups (v1 and v2) under one parent group, the pool.
+//!
+//! [`cgroupfs`] is the cgroup filesystem of either version behind one type; [`limits`]
+//! writes the limits `docker update` changes into a running container's group.
+
+pub mod cgroupfs;
+pub mod limits;
+
+pub use cgroupfs::{CgResult, CgroupError, Cgroups, Version};
+pub use limits::Limits;
