@@ -53,6 +53,11 @@ pub struct Flags {
     /// (e.g. 100mbit); unset or 0: not shaped.
     #[arg(long, env = "BERTH_DEFAULT_EGRESS_RATE", value_name = "RATE")]
     pub default_egress_rate: Option<String>,
+    /// Turn on the elastic-memory controller; OPTS: `pool-size=SIZE,reserve=SIZE,
+    /// low-headroom=SIZE|N%,critical-headroom=SIZE|N%,interval-ms=N` (defaults: host memory
+    /// minus 10% (at least 512 MiB), 10% and 3% of the pool, 100 ms).
+    #[arg(long, env = "BERTH_ELASTIC_MEMORY", value_name = "OPTS", num_args = 0..=1, default_missing_value = "")]
+    pub elastic_memory: Option<String>,
     /// Root of the sysfs tree the sriov network driver reads (tests: a fake tree whose
     /// VFs are veths; PF-side VF settings are then skipped).
     #[arg(long, env = "BERTH_SRIOV_SYSFS_ROOT", hide = true, value_name = "PATH")]
@@ -88,6 +93,7 @@ pub struct FileConfig {
     shim_binary: Option<PathBuf>,
     cgroup_parent: Option<String>,
     default_egress_rate: Option<String>,
+    elastic_memory: Option<crate::resources::elastic::FileElastic>,
     log_driver: Option<String>,
     log_opts: Option<HashMap<String, String>>,
     #[serde(default)]
@@ -123,6 +129,8 @@ pub struct Config {
     pub default_egress_rate: Option<Rate>,
     /// `--sriov-sysfs-root` (`/sys`).
     pub sriov_sysfs_root: PathBuf,
+    /// The elastic-memory controller's settings; `None`: off.
+    pub elastic_memory: Option<crate::resources::elastic::ElasticConfig>,
 }
 
 impl Config {
@@ -174,6 +182,16 @@ impl Config {
             }
             None => None,
         };
+        let host_memory = crate::resources::elastic::config::host_memory();
+        let elastic_memory = match (&flags.elastic_memory, &file.elastic_memory) {
+            (Some(opts), _) => Some(
+                crate::resources::elastic::ElasticConfig::parse(opts, host_memory)
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            (None, Some(f)) => crate::resources::elastic::ElasticConfig::from_file(f, host_memory)
+                .map_err(anyhow::Error::msg)?,
+            (None, None) => None,
+        };
         Ok(Config {
             hosts,
             data_root: flags
@@ -200,6 +218,7 @@ impl Config {
             log_opts: file.log_opts.unwrap_or_default(),
             default_egress_rate,
             sriov_sysfs_root: flags.sriov_sysfs_root.unwrap_or_else(|| "/sys".into()),
+            elastic_memory,
         })
     }
 }

@@ -88,7 +88,10 @@ impl Containers {
             init_binary: init,
             shm_dir: None,
         };
-        let spec = super::spec::build(&input)?;
+        let mut spec = super::spec::build(&input)?;
+        if let Some(e) = self.elastic.get() {
+            e.adjust_spec(rec, &mut spec);
+        }
         let bundle = self.paths.container_dir(&rec.id).join("bundle");
         let data = serde_json::to_vec_pretty(&spec)?;
         write_file(&bundle.join("config.json"), &data)?;

@@ -244,6 +244,11 @@ impl Containers {
             hc.network_mode.as_deref().unwrap_or(""),
             self.egress.default_rate,
         )?;
+        crate::resources::elastic::validate_create(
+            body.labels.as_ref(),
+            hc.memory.unwrap_or(0),
+            self.elastic.get().is_some(),
+        )?;
         let has_cmd = body.entrypoint.as_ref().is_some_and(|e| !e.is_empty())
             || body.cmd.as_ref().is_some_and(|c| !c.is_empty());
         if !has_cmd {
@@ -286,6 +291,7 @@ impl Containers {
             attachment: None,
             extra_attachments: Vec::new(),
             exec_ids: Vec::new(),
+            elastic: None,
         };
         {
             // Name uniqueness is checked and claimed under the records lock.

@@ -88,6 +88,9 @@ impl Containers {
     /// and starts the container. Returns the init pid.
     async fn launch(self: &Arc<Self>, rec: &Record) -> ApiResult<i32> {
         let id = rec.id.as_str();
+        if let Some(e) = self.elastic.get() {
+            e.admit(rec, &self.all())?;
+        }
         let t0 = std::time::Instant::now();
         let rootfs = Rootfs::new(&self.paths.data_root, id);
         let lowers = self.images.layer_dirs(&rec.image_id)?;

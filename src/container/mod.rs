@@ -104,6 +104,8 @@ pub struct Containers {
     pub gate: Arc<Gate>,
     /// Egress shaping: the shaper and the daemon's default rate.
     pub egress: egress::EgressPolicy,
+    /// The elastic-memory controller, when the daemon runs one.
+    pub elastic: std::sync::OnceLock<Arc<crate::resources::elastic::Elastic>>,
 }
 
 /// Current wall-clock time in ns since the epoch.
@@ -146,6 +148,7 @@ impl Containers {
             net,
             gate,
             egress,
+            elastic: std::sync::OnceLock::new(),
         }))
     }
 

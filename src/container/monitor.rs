@@ -108,7 +108,13 @@ impl Containers {
             return;
         }
         let rec = match self.update(id, |r| {
-            r.state.exited(x.code, x.oom_killed, x.finished_at_ns)
+            // Killed by the elastic-memory controller: an OOM kill, decided by policy.
+            let by_policy = r
+                .elastic
+                .as_mut()
+                .is_some_and(|s| std::mem::take(&mut s.kill_pending));
+            r.state
+                .exited(x.code, x.oom_killed || by_policy, x.finished_at_ns)
         }) {
             Ok(r) => r,
             Err(e) => {

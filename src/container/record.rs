@@ -164,6 +164,9 @@ pub struct Record {
     /// Exec ids that belong to this container.
     #[serde(default)]
     pub exec_ids: Vec<String>,
+    /// The elastic-memory controller's last action on this container.
+    #[serde(default)]
+    pub elastic: Option<crate::resources::elastic::ElasticStatus>,
 }
 
 impl Record {
@@ -368,6 +371,7 @@ mod tests {
             attachment: None,
             extra_attachments: Vec::new(),
             exec_ids: vec![],
+            elastic: None,
         }
     }
 
@@ -405,6 +409,7 @@ pub mod tests_support {
             attachment: None,
             extra_attachments: Vec::new(),
             exec_ids: vec![],
+            elastic: None,
         }
     }
 }

@@ -337,6 +337,7 @@ impl Containers {
             "Mounts": mounts_json(&rec),
             "Config": config_json(&rec),
             "NetworkSettings": network_settings(&rec),
+            "BerthElasticMemory": crate::resources::elastic::inspect_json(&rec, self.elastic.get().map(|e| (e.as_ref(), self.paths.cgroup_path(&rec.id)))),
         }))
     }
 

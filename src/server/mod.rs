@@ -131,6 +131,14 @@ impl Daemon {
             },
         )
         .context("open container records")?;
+        if let Some(cfg) = &config.elastic_memory {
+            let mem = crate::resources::elastic::cgmem::CgroupMemory::new(
+                crate::resources::Cgroups::detect(),
+            );
+            let e =
+                crate::resources::elastic::Elastic::open(cfg.clone(), mem, &config.cgroup_parent)?;
+            let _ = containers.elastic.set(Arc::new(e));
+        }
         tracing::debug!(store = ?t_store, net = ?t_net, all = ?t0.elapsed(), "daemon state opened");
         let weak = Arc::downgrade(&containers);
         images.set_in_use_checker(Arc::new(move |image_id: &str| {
