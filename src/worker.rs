@@ -264,6 +264,7 @@ async fn serve(
                 // The master is gone (or SIGTERM): finish what was admitted, then leave
                 // so that the next master's worker can open the store.
                 tracing::warn!("master gone or SIGTERM: worker draining");
+                relinquish_memory(&daemon);
                 gate.orphan();
                 gate.set_phase(Phase::Frozen);
                 // Close this process's copies of the listeners at once: the socket stays
@@ -278,6 +279,25 @@ async fn serve(
             }
         }
     }
+}
+
+/// The daemon stops for good: no controller follows to grant memory to an elastic
+/// container waiting at its limit, so the kernel's OOM killer takes over again.
+fn relinquish_memory(daemon: &Daemon) {
+    let Some(e) = daemon.containers.elastic.get() else {
+        return;
+    };
+    let elastic: Vec<(String, u64)> = daemon
+        .containers
+        .all()
+        .iter()
+        .filter(|r| r.state.status.is_live())
+        .filter_map(|r| {
+            crate::resources::elastic::elastic_of(r)
+                .map(|(_, c)| (daemon.containers.paths.cgroup_path(&r.id), c))
+        })
+        .collect();
+    e.relinquish(&elastic);
 }
 
 /// Hands the store to the next generation: new mutations are parked, admitted ones (and

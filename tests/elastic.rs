@@ -317,3 +317,68 @@ fn labels_and_admission_are_checked() {
     ]);
     assert!(e.contains("--elastic-memory"), "{e}");
 }
+
+#[test]
+fn a_daemon_that_stops_gives_the_pool_back_to_the_kernel() {
+    let Some(mut d) = elastic_daemon("pool-size=600m,low-headroom=60m,critical-headroom=24m")
+    else {
+        return;
+    };
+    let id = d
+        .ok(&[
+            "run",
+            "-d",
+            "-m",
+            "50m",
+            "--label",
+            "berth.memory.elastic=300m",
+            "bb:test",
+            "sleep",
+            "1000",
+        ])
+        .trim()
+        .to_string();
+    let pool = mem_file(&d, "", "");
+    let oom_control = |id: &str| {
+        std::fs::read_to_string(pool.join(id).join("memory.oom_control")).unwrap_or_default()
+    };
+    assert!(
+        oom_control("").contains("oom_kill_disable 1"),
+        "pool under control"
+    );
+    assert!(
+        oom_control(&id).contains("oom_kill_disable 1"),
+        "waits at its limit"
+    );
+    let master = d.master_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM the daemon");
+    until("the daemon stops", || {
+        !std::path::Path::new(&format!("/proc/{master}")).exists()
+            || std::fs::read_to_string(format!("/proc/{master}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    d.kill9();
+    assert!(
+        oom_control("").contains("oom_kill_disable 0"),
+        "{}",
+        oom_control("")
+    );
+    assert!(
+        oom_control(&id).contains("oom_kill_disable 0"),
+        "{}",
+        oom_control(&id)
+    );
+    assert_eq!(
+        read_u64(&mem_file(&d, &id, "memory.limit_in_bytes")),
+        300 * MIB
+    );
+    // The container itself runs on without a daemon.
+    assert!(!std::fs::read_to_string(mem_file(&d, &id, "cgroup.procs"))
+        .unwrap_or_default()
+        .trim()
+        .is_empty());
+}

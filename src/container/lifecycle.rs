@@ -44,6 +44,11 @@ impl Containers {
         rec.state.check_start(id)?;
         match self.launch(&rec).await {
             Ok(pid) => {
+                if let Some(e) = self.elastic.get() {
+                    // libcontainer does not apply the spec's disable_oom_killer: take the
+                    // container under control now rather than at the controller's next tick.
+                    e.adopt_started(&rec, &self.paths.cgroup_path(id));
+                }
                 let rec = self.update(id, |r| {
                     r.state.started(pid, 0, now_ns());
                     if user {

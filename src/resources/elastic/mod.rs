@@ -132,6 +132,17 @@ impl Elastic {
         linux.set_resources(Some(res));
     }
 
+    /// Takes a container that just started under control (idempotent; the loop adopts
+    /// every elastic container it has not adopted yet anyway).
+    pub fn adopt_started(&self, rec: &Record, path: &str) {
+        let Some((_, ceiling)) = elastic_of(rec) else {
+            return;
+        };
+        if let Err(e) = self.mem.adopt(path, ceiling) {
+            tracing::warn!(id = %rec.id, error = %e, "elastic memory: adopt at start");
+        }
+    }
+
     /// Gives the pool and the elastic containers back to the kernel's OOM killer, with
     /// their limits at their ceilings: for a daemon that stops for good (no controller
     /// follows to un-pause a container waiting at its limit).
