@@ -8,8 +8,9 @@
 # BENCH=startup runs only these figures, BENCH=upgrade only bench/upgrade.sh (issue 3: live
 # upgrades under load against dockerd --live-restore), BENCH=egress only bench/egress.sh
 # (issue 4: egress shaping accuracy at 10/50/200 Mbit/s), BENCH=net only bench/net.sh (issue
-# 4: bridge throughput, network create/rm/connect times); the default runs all, one after
-# the other.
+# 4: bridge throughput, network create/rm/connect times), BENCH=memory only bench/memory.sh
+# (issue 5: the elastic-memory controller's CPU cost and reaction time); the default runs
+# all, one after the other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -18,8 +19,9 @@ case $BENCH in
   upgrade) exec bash bench/upgrade.sh ;;
   egress) exec bash bench/egress.sh ;;
   net) exec bash bench/net.sh ;;
+  memory) exec bash bench/memory.sh ;;
   all|startup) ;;
-  *) echo "BENCH=$BENCH: expected all, startup, upgrade, egress or net" >&2; exit 2 ;;
+  *) echo "BENCH=$BENCH: expected all, startup, upgrade, egress, net or memory" >&2; exit 2 ;;
 esac
 N=${N:-15}
 PAR=${PAR:-20}
@@ -123,5 +125,6 @@ if [ "$BENCH" = all ]; then
   bash bench/upgrade.sh || fail=1
   bash bench/egress.sh || fail=1
   bash bench/net.sh || fail=1
+  bash bench/memory.sh || fail=1
 fi
 exit $fail
