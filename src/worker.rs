@@ -157,6 +157,9 @@ async fn serve(
     let daemon = Daemon::open(config, gate.clone(), Some(out.clone()), clean).await?;
     let t_open = t0.elapsed();
     daemon.containers.restore(clean).await;
+    if let Some(root) = daemon.config.lxcfs.clone() {
+        crate::lxcfs::watch::spawn(daemon.containers.clone(), root);
+    }
     tracing::debug!(open = ?t_open, restore = ?(t0.elapsed() - t_open), "worker start-up phases");
     let router = Arc::new(Router::new(daemon.clone()));
     let mut accepting = Vec::new();

@@ -285,6 +285,7 @@ impl Containers {
             state: State::default(),
             attachment: None,
             extra_attachments: Vec::new(),
+            lxcfs: None,
             exec_ids: Vec::new(),
         };
         {

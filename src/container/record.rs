@@ -164,6 +164,11 @@ pub struct Record {
     /// Exec ids that belong to this container.
     #[serde(default)]
     pub exec_ids: Vec<String>,
+    /// The lxcfs mount point whose files this run of the container gets (`--lxcfs`, not
+    /// opted out): bound at start when lxcfs served, re-attached by the lxcfs watcher after
+    /// lxcfs (re)appeared. Set at each start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lxcfs: Option<std::path::PathBuf>,
 }
 
 impl Record {
@@ -367,6 +372,7 @@ mod tests {
             state: State::default(),
             attachment: None,
             extra_attachments: Vec::new(),
+            lxcfs: None,
             exec_ids: vec![],
         }
     }
@@ -404,6 +410,7 @@ pub mod tests_support {
             state: State::default(),
             attachment: None,
             extra_attachments: Vec::new(),
+            lxcfs: None,
             exec_ids: vec![],
         }
     }
