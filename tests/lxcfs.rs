@@ -1,6 +1,7 @@
 //! lxcfs support (`--lxcfs`): with lxcfs serving, a container's `/proc/meminfo`,
 //! `/proc/cpuinfo` and `/sys/devices/system/cpu/online` show its limits; a restart of lxcfs
-//! is repaired in running containers (also by the worker of a live upgrade); a container
+//! is repaired in running containers (also by the worker of a live upgrade; a container
+//! that cannot be repaired does not hold the others up); a container
 //! started while lxcfs is not mounted starts without its files and gets them when lxcfs
 //! comes up. Each test runs its own lxcfs on a private mount point.
 
@@ -198,6 +199,21 @@ fn an_lxcfs_restart_is_repaired_in_running_containers_also_after_an_upgrade() {
     ]);
     d.ok(&["run", "-d", "--name", "lx2", "bb:test", "sleep", "600"]);
     assert_eq!(exec_mem_total(&d, "lx1"), Some(131_072));
+    // One that cannot be repaired: it hid /proc under a tmpfs of its own.
+    let lx3 = d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "lx3",
+        "--privileged",
+        "bb:test",
+        "sh",
+        "-c",
+        "mount -t tmpfs t /proc && exec sleep 600",
+    ]);
+    until_d(&d, "lx3 hides /proc", || {
+        exec_mem_total(&d, "lx3").is_none()
+    });
 
     lx.kill();
     let err = d.fails(&["exec", "lx1", "cat", "/proc/meminfo"]);
@@ -214,6 +230,15 @@ fn an_lxcfs_restart_is_repaired_in_running_containers_also_after_an_upgrade() {
         exec_mem_total(&d, "lx2") == Some(host_mem_total())
     });
     assert!(d.log().contains("lxcfs files re-attached"), "{}", d.log());
+    until_d(&d, "the failed repair of lx3 is logged", || {
+        d.log()
+            .lines()
+            .any(|l| l.contains("re-attach lxcfs files failed") && l.contains(&lx3))
+    });
+    assert_eq!(
+        d.ok(&["inspect", "-f", "{{.State.Running}}", "lx3"]),
+        "true"
+    );
     // The repair put the new file in place of the old one (one mount, not a stack).
     let mounts = d.ok(&["exec", "lx1", "cat", "/proc/self/mountinfo"]);
     assert_eq!(

@@ -182,13 +182,25 @@ pub fn probe(root: &Path) -> Result<MountKey, String> {
     Ok(id)
 }
 
-/// Whether lxcfs serves at `root` for the start of container `id`. If not, the container
+/// `root` if lxcfs serves there for the start of container `id`. If not, the container
 /// starts without its files — a game server that is up with the host's numbers in
 /// `/proc/meminfo` beats one that is down — with a warning, and the watcher attaches them
-/// once lxcfs serves.
-pub fn serves_for_start(root: &Path, id: &str) -> bool {
-    match probe(root) {
-        Ok(_) => true,
+/// once lxcfs serves. The probe runs on a blocking thread, for 5 s at most (a hung lxcfs).
+pub async fn serving_for_start(root: Option<&Path>, id: &str) -> Option<PathBuf> {
+    let root = root?.to_path_buf();
+    let r = root.clone();
+    let probed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || probe(&r)),
+    )
+    .await;
+    let res = match probed {
+        Ok(Ok(res)) => res,
+        Ok(Err(e)) => Err(format!("probe task: {e}")),
+        Err(_) => Err("lxcfs does not answer (5 s)".into()),
+    };
+    match res {
+        Ok(_) => Some(root),
         Err(e) => {
             tracing::warn!(
                 %id,
@@ -196,7 +208,7 @@ pub fn serves_for_start(root: &Path, id: &str) -> bool {
                 root.display()
             );
             watch::request_check(id);
-            false
+            None
         }
     }
 }

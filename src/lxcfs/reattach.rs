@@ -80,7 +80,7 @@ pub fn run(args: ReattachArgs) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for (target, fd) in &clones {
         let t = Path::new(target);
-        match umount2(t, MntFlags::MNT_DETACH) {
+        match umount2(t, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
             // EINVAL: nothing was mounted there (started while lxcfs was away).
             Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
             Err(e) => {

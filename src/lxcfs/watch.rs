@@ -1,17 +1,19 @@
 //! The lxcfs watcher: a worker task that notices when lxcfs's mount changes and repairs the
 //! running containers' files.
 //!
-//! Once a second it reads `/proc/self/mountinfo` (inotify does not report mount changes
-//! there; a poll of one small file is cheap) for the id of the lxcfs mount at `--lxcfs`.
-//! When that changes — lxcfs restarted (new mount: the id, or the device while containers
-//! hold the old one), came up after containers started without it, or went away — after a
-//! container started without the files, and at the worker's start (a previous generation
-//! may have missed a restart), it checks every running container whose record names this lxcfs:
+//! Once a second it reads `/proc/self/mountinfo` for the lxcfs mount at `--lxcfs` and
+//! checks that it answers (inotify reports nothing there; `poll(2)` on the file would wake
+//! on mount-table changes, but an lxcfs that died without unmounting changes nothing: a
+//! timer sees both, and one small file a second is cheap). When the result changes — lxcfs
+//! restarted (a new mount: the id, or the device while containers hold the old one), came
+//! up after containers started without it, or went away — after a container started
+//! without the files, and at the worker's start (a previous generation may have missed a
+//! restart), it checks every running container whose record names this lxcfs:
 //! a target whose device differs from lxcfs's (stale mount answering `ENOTCONN`, or no
 //! mount at all) is re-attached by [`super::reattach`] in a helper process. Containers are
-//! repaired one by one; one that fails is logged and retried 10 s later, the others are
-//! not held up. State lives in the container records only, so a new worker generation
-//! takes over the watching after a live upgrade.
+//! repaired one by one; one that fails is logged and retried 10 s later (then 20 s, 40 s,
+//! … up to 5 min), the others are not held up. State lives in the container records only,
+//! so a new worker generation takes over the watching after a live upgrade.
 
 use super::{device_of, probe, reattach, source, targets_for, MountKey};
 use crate::container::record::Record;
@@ -25,8 +27,11 @@ use std::time::{Duration, Instant};
 
 /// How often the mount is looked at.
 const POLL: Duration = Duration::from_secs(1);
-/// When a pass left a container unrepaired, the next attempt.
+/// When a pass left a container unrepaired, the next attempt; doubled after each failing
+/// pass up to [`RETRY_MAX`].
 const RETRY: Duration = Duration::from_secs(10);
+/// The longest wait between attempts.
+const RETRY_MAX: Duration = Duration::from_secs(300);
 /// Time limit of one helper process.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,7 +65,7 @@ pub fn spawn(containers: Arc<Containers>, root: PathBuf) -> tokio::task::JoinHan
 async fn run(containers: Arc<Containers>, root: PathBuf) {
     // `None`: not looked yet, so the first look checks every container.
     let mut last: Option<Option<MountKey>> = None;
-    let mut retry_at: Option<Instant> = None;
+    let (mut retry_at, mut backoff): (Option<Instant>, Duration) = (None, RETRY);
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -88,8 +93,16 @@ async fn run(containers: Arc<Containers>, root: PathBuf) {
             continue;
         }
         let _bg = containers.background().await;
+        if changed {
+            backoff = RETRY;
+        }
         let failed = pass(&containers, &root).await;
-        retry_at = (failed > 0).then(|| Instant::now() + RETRY);
+        retry_at = (failed > 0).then(|| Instant::now() + backoff);
+        backoff = if failed > 0 {
+            (backoff * 2).min(RETRY_MAX)
+        } else {
+            RETRY
+        };
     }
 }
 
@@ -178,6 +191,8 @@ async fn run_helper(pid: i32, root: &Path, targets: &[&str]) -> Result<(), Strin
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .kill_on_drop(true);
     let out = tokio::time::timeout(HELPER_TIMEOUT, cmd.output())
         .await
@@ -186,6 +201,18 @@ async fn run_helper(pid: i32, root: &Path, targets: &[&str]) -> Result<(), Strin
     if out.status.success() {
         return Ok(());
     }
+    // One log line: anyhow's "Error: " and any backtrace left out.
     let err = String::from_utf8_lossy(&out.stderr);
-    Err(format!("{} ({})", err.trim(), out.status))
+    let msg: Vec<&str> = err
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Stack backtrace"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let msg = msg.join(" ");
+    Err(format!(
+        "{} ({})",
+        msg.strip_prefix("Error: ").unwrap_or(&msg),
+        out.status
+    ))
 }
