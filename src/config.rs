@@ -62,6 +62,16 @@ pub struct Flags {
     /// VFs are veths; PF-side VF settings are then skipped).
     #[arg(long, env = "BERTH_SRIOV_SYSFS_ROOT", hide = true, value_name = "PATH")]
     pub sriov_sysfs_root: Option<PathBuf>,
+    /// Bind lxcfs's `/proc` files (meminfo, cpuinfo, stat, …) into containers so they show
+    /// the container's limits; PATH is lxcfs's mount point (default /var/lib/lxcfs).
+    #[arg(
+        long,
+        env = "BERTH_LXCFS",
+        value_name = "PATH",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_LXCFS
+    )]
+    pub lxcfs: Option<PathBuf>,
     /// A command instead of running the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -76,6 +86,21 @@ pub enum Command {
     /// running master before it upgrades to this binary.
     #[command(hide = true)]
     Preflight,
+    /// Re-attaches lxcfs files in a running container after lxcfs restarted (run by the
+    /// daemon: it must be single-threaded to enter the container's mount namespace).
+    #[command(hide = true)]
+    LxcfsReattach(crate::lxcfs::reattach::ReattachArgs),
+}
+
+/// lxcfs's usual mount point (`--lxcfs` without a path).
+pub const DEFAULT_LXCFS: &str = "/var/lib/lxcfs";
+
+/// daemon.json `lxcfs`: `true` (the default mount point), `false`, or a path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum LxcfsKey {
+    On(bool),
+    Path(PathBuf),
 }
 
 /// The subset of daemon.json keys berth reads.
@@ -96,6 +121,7 @@ pub struct FileConfig {
     elastic_memory: Option<crate::resources::elastic::FileElastic>,
     log_driver: Option<String>,
     log_opts: Option<HashMap<String, String>>,
+    lxcfs: Option<LxcfsKey>,
     #[serde(default)]
     debug: bool,
 }
@@ -131,6 +157,8 @@ pub struct Config {
     pub sriov_sysfs_root: PathBuf,
     /// The elastic-memory controller's settings; `None`: off.
     pub elastic_memory: Option<crate::resources::elastic::ElasticConfig>,
+    /// `--lxcfs`: lxcfs's mount point, when containers get its files.
+    pub lxcfs: Option<PathBuf>,
 }
 
 impl Config {
@@ -192,6 +220,14 @@ impl Config {
                 .map_err(anyhow::Error::msg)?,
             (None, None) => None,
         };
+        let lxcfs = match (flags.lxcfs, file.lxcfs) {
+            (Some(p), _) | (None, Some(LxcfsKey::Path(p))) => Some(p),
+            (None, Some(LxcfsKey::On(true))) => Some(PathBuf::from(DEFAULT_LXCFS)),
+            (None, Some(LxcfsKey::On(false)) | None) => None,
+        };
+        if let Some(p) = lxcfs.as_ref().filter(|p| !p.is_absolute()) {
+            bail!("--lxcfs: {} is not an absolute path", p.display());
+        }
         Ok(Config {
             hosts,
             data_root: flags
@@ -219,6 +255,7 @@ impl Config {
             default_egress_rate,
             sriov_sysfs_root: flags.sriov_sysfs_root.unwrap_or_else(|| "/sys".into()),
             elastic_memory,
+            lxcfs,
         })
     }
 }
@@ -277,6 +314,41 @@ mod tests {
         assert_eq!(
             Config::load(flags)?.default_egress_rate,
             Some(Rate(1_250_000))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn lxcfs_takes_an_optional_path_from_the_flag_or_the_file() -> anyhow::Result<()> {
+        let load = |args: &[&str]| Config::load(Flags::parse_from(args)).map(|c| c.lxcfs);
+        assert_eq!(load(&["berthd"])?, None);
+        assert_eq!(
+            load(&["berthd", "--lxcfs"])?,
+            Some(PathBuf::from(DEFAULT_LXCFS))
+        );
+        assert_eq!(
+            load(&["berthd", "--lxcfs", "-H", "unix:///x"])?,
+            Some(PathBuf::from(DEFAULT_LXCFS))
+        );
+        assert_eq!(
+            load(&["berthd", "--lxcfs=/run/lx"])?,
+            Some(PathBuf::from("/run/lx"))
+        );
+        assert!(load(&["berthd", "--lxcfs=rel/dir"]).is_err());
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("daemon.json");
+        let from_file = |json: &str| -> anyhow::Result<Option<PathBuf>> {
+            std::fs::write(&f, json)?;
+            load(&["berthd", "--config-file", f.to_str().unwrap_or_default()])
+        };
+        assert_eq!(
+            from_file(r#"{"lxcfs":true}"#)?,
+            Some(PathBuf::from(DEFAULT_LXCFS))
+        );
+        assert_eq!(from_file(r#"{"lxcfs":false}"#)?, None);
+        assert_eq!(
+            from_file(r#"{"lxcfs":"/srv/lxcfs"}"#)?,
+            Some(PathBuf::from("/srv/lxcfs"))
         );
         Ok(())
     }

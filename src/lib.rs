@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod image;
 pub mod listener;
+pub mod lxcfs;
 pub mod master;
 pub mod network;
 pub mod resources;

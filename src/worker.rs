@@ -160,6 +160,9 @@ async fn serve(
     if let Some(e) = daemon.containers.elastic.get() {
         crate::resources::elastic::controller::spawn(e.clone(), daemon.containers.clone());
     }
+    if let Some(root) = daemon.config.lxcfs.clone() {
+        crate::lxcfs::watch::spawn(daemon.containers.clone(), root);
+    }
     tracing::debug!(open = ?t_open, restore = ?(t0.elapsed() - t_open), "worker start-up phases");
     let router = Arc::new(Router::new(daemon.clone()));
     let mut accepting = Vec::new();

@@ -70,6 +70,7 @@ impl Containers {
         rootfs: &Path,
         netns: Option<&Path>,
         etc: &EtcFiles,
+        lxcfs: Option<&Path>,
     ) -> ApiResult<PathBuf> {
         let config = spec_config(rec)?;
         let init = INIT_BINARIES.iter().map(Path::new).find(|p| p.exists());
@@ -87,6 +88,7 @@ impl Containers {
             cgroup_path: self.paths.cgroup_path(&rec.id),
             init_binary: init,
             shm_dir: None,
+            lxcfs,
         };
         let mut spec = super::spec::build(&input)?;
         if let Some(e) = self.elastic.get() {

@@ -290,6 +290,7 @@ impl Containers {
             state: State::default(),
             attachment: None,
             extra_attachments: Vec::new(),
+            lxcfs: None,
             exec_ids: Vec::new(),
             elastic: None,
         };

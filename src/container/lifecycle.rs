@@ -97,6 +97,8 @@ impl Containers {
             e.admit(rec, &self.all())?;
         }
         let t0 = std::time::Instant::now();
+        let lxcfs = crate::lxcfs::wanted(self.paths.lxcfs.as_deref(), rec.config.labels.as_ref());
+        let lxcfs_now = crate::lxcfs::serving_for_start(lxcfs.as_deref(), id).await;
         let rootfs = Rootfs::new(&self.paths.data_root, id);
         let lowers = self.images.layer_dirs(&rec.image_id)?;
         let merged = rootfs.mount(&lowers)?;
@@ -138,8 +140,10 @@ impl Containers {
         self.update(id, |r| {
             r.attachment = att_json;
             r.extra_attachments = extra_json;
+            r.lxcfs = lxcfs.clone();
         })?;
-        let bundle = self.write_bundle(rec, &merged, netns.as_deref(), &etc)?;
+        let bundle =
+            self.write_bundle(rec, &merged, netns.as_deref(), &etc, lxcfs_now.as_deref())?;
         let shim_cfg = self.write_shim_config(rec, &bundle)?;
         self.retire_previous_shim(id).await;
         let _ = std::fs::remove_file(self.paths.exit_file(id));

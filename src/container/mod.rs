@@ -49,6 +49,8 @@ pub struct Paths {
     pub cgroup_parent: String,
     /// Default json-file options.
     pub log_opts: HashMap<String, String>,
+    /// `--lxcfs`: lxcfs's mount point, when containers get its files.
+    pub lxcfs: Option<PathBuf>,
 }
 
 impl Paths {

@@ -167,6 +167,11 @@ pub struct Record {
     /// The elastic-memory controller's last action on this container.
     #[serde(default)]
     pub elastic: Option<crate::resources::elastic::ElasticStatus>,
+    /// The lxcfs mount point whose files this run of the container gets (`--lxcfs`, not
+    /// opted out): bound at start when lxcfs served, re-attached by the lxcfs watcher after
+    /// lxcfs (re)appeared. Set at each start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lxcfs: Option<std::path::PathBuf>,
 }
 
 impl Record {
@@ -370,6 +375,7 @@ mod tests {
             state: State::default(),
             attachment: None,
             extra_attachments: Vec::new(),
+            lxcfs: None,
             exec_ids: vec![],
             elastic: None,
         }
@@ -408,6 +414,7 @@ pub mod tests_support {
             state: State::default(),
             attachment: None,
             extra_attachments: Vec::new(),
+            lxcfs: None,
             exec_ids: vec![],
             elastic: None,
         }

@@ -117,6 +117,7 @@ impl Daemon {
             shim_binary: config.shim_binary.clone(),
             cgroup_parent: config.cgroup_parent.clone(),
             log_opts: config.log_opts.clone(),
+            lxcfs: config.lxcfs.clone(),
         };
         let containers = Containers::open(
             &store,

@@ -57,6 +57,9 @@ pub struct SpecInput<'a> {
     /// Host directory bound at `/dev/shm` (shareable/host IPC); `None` gives a private tmpfs of
     /// `ShmSize` (64 MiB by default).
     pub shm_dir: Option<&'a Path>,
+    /// lxcfs's mount point: its files that exist are bound over `/proc/meminfo`, … (see
+    /// [`crate::lxcfs::TARGETS`]), except where the container mounts something itself.
+    pub lxcfs: Option<&'a Path>,
 }
 
 /// Facts about the host the spec depends on.

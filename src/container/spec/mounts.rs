@@ -1,10 +1,12 @@
 //! The spec's mount list: dockerd's default mounts (`/proc`, `/dev`, ...), the `/etc` files,
-//! `Binds`, `Mounts`, `Tmpfs` and the `--init` binary, merged and ordered as dockerd does.
+//! `Binds`, `Mounts`, `Tmpfs` and the `--init` binary, merged and ordered as dockerd does,
+//! then lxcfs's files over `/proc/meminfo`, … when the daemon runs with `--lxcfs`.
 
 use super::binds::{self, UserMount, UserMountKind};
 use super::process::INIT_PATH;
 use super::SpecInput;
 use crate::error::{ApiError, ApiResult};
+use berth_api::models::HostConfig;
 use oci_spec::runtime::Mount;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -252,7 +254,39 @@ pub fn build_mounts(
             }
         }
     }
+    if let Some(root) = input.lxcfs {
+        // Last, over the /proc and /sys mounted above; writable like /proc itself (lxcfs
+        // refuses writes anyway), so `--read-only` leaves them as they are.
+        for target in crate::lxcfs::targets_for(user_dests.iter().map(String::as_str)) {
+            let src = crate::lxcfs::source(root, target);
+            if src.exists() {
+                out.push(mount(
+                    target,
+                    "bind",
+                    &src.to_string_lossy(),
+                    &["bind", "rprivate"],
+                ));
+            }
+        }
+    }
     Ok((out, propagation))
+}
+
+/// The container paths the container's own `Binds`, `Mounts` and `Tmpfs` mount over (the
+/// entries [`build_mounts`] accepted; unparseable ones are skipped).
+pub fn user_destinations(hc: &HostConfig) -> Vec<String> {
+    let binds = hc.binds.iter().flatten().map(|b| binds::parse_bind(b));
+    let mounts = hc.mounts.iter().flatten().map(binds::from_api_mount);
+    let tmpfs = hc
+        .tmpfs
+        .iter()
+        .flatten()
+        .map(|(dest, data)| binds::tmpfs_from_map(dest, data));
+    binds
+        .chain(mounts)
+        .chain(tmpfs)
+        .filter_map(|m| m.ok().map(|m| m.dest))
+        .collect()
 }
 
 /// `--init` applies only with a private PID namespace (as in dockerd).

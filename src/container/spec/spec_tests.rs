@@ -78,6 +78,7 @@ fn build_for(
         cgroup_path: format!("/berth/{ID}"),
         init_binary: None,
         shm_dir: None,
+        lxcfs: None,
     };
     build_with(&input, host)
 }
@@ -316,3 +317,6 @@ fn read_only_rootfs() {
 
 #[path = "spec_tests_modes.rs"]
 mod modes;
+
+#[path = "spec_tests_lxcfs.rs"]
+mod lxcfs;

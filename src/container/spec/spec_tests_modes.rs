@@ -23,6 +23,7 @@ fn init_binary_wraps_args() {
         cgroup_path: "/berth/x".into(),
         init_binary: Some(&tini),
         shm_dir: None,
+        lxcfs: None,
     };
     let s = build_with(&input, &host()).expect("build");
     let args = s
@@ -84,6 +85,7 @@ fn host_network_and_cgroup_namespaces() {
         cgroup_path: "/berth/x".into(),
         init_binary: None,
         shm_dir: None,
+        lxcfs: None,
     };
     let s = build_with(&input, &host()).expect("build");
     assert!(!ns_types(&s).contains(&LinuxNamespaceType::Network));
