@@ -22,6 +22,8 @@ pub mod spec;
 pub mod stats;
 pub mod streams;
 pub mod top;
+pub mod update;
+pub mod update_verify;
 pub mod view;
 
 use crate::error::{ApiError, ApiResult};

@@ -332,6 +332,12 @@ impl Containers {
             if cur.state.status != Status::Restarting {
                 return;
             }
+            // `docker update --restart` during the back-off: the policy now in the record
+            // decides.
+            if !cur.should_restart(cur.state.exit_code) {
+                let _ = me.update(&id, |r| r.state.status = Status::Exited);
+                return;
+            }
             if let Err(e) = me.start_locked(&id, false).await {
                 tracing::warn!(%id, error = %e, "restart by policy failed");
             }

@@ -3,6 +3,7 @@
 use super::http::{Request, Response};
 use super::Daemon;
 use crate::container::streams::parse_detach_keys;
+use crate::container::update::UpdateRequest;
 use crate::error::{ApiError, ApiResult};
 use berth_api::models::{ContainerCreateBody, ExecConfig};
 use berth_api::shim::{AttachParams, LogsParams};
@@ -71,6 +72,16 @@ pub async fn route(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Respons
         ("POST", ["containers", id, "unpause"]) => {
             c.pause(id, false).await?;
             Ok(Response::empty(204))
+        }
+        ("POST", ["containers", id, "update"]) => {
+            let id = id.to_string();
+            let version = req.api_version.clone();
+            let bytes = req.body.bytes().map_err(ApiError::BadRequest)?;
+            let upd = UpdateRequest::parse(&bytes, version.as_deref())?;
+            let warnings = c.update_container(&id, upd).await?;
+            // dockerd answers `null` when there is nothing to warn about.
+            let warnings = (!warnings.is_empty()).then_some(warnings);
+            Ok(Response::json(200, &json!({ "Warnings": warnings })))
         }
         ("POST", ["containers", id, "rename"]) => {
             let name = req.q("name").unwrap_or("");
