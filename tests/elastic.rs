@@ -382,3 +382,38 @@ fn a_daemon_that_stops_gives_the_pool_back_to_the_kernel() {
         .trim()
         .is_empty());
 }
+
+#[test]
+fn docker_update_changes_the_entitlement_not_the_controllers_limit() {
+    let Some(d) = elastic_daemon("pool-size=600m,low-headroom=60m,critical-headroom=24m") else {
+        return;
+    };
+    let b = hog(
+        &d,
+        "ub",
+        &["-m", "50m", "--label", "berth.memory.elastic=300m"],
+        120,
+        0,
+    );
+    until("ub grows past 50 MiB", || usage(&d, &b) >= 118 * MIB);
+    let limit = || read_u64(&mem_file(&d, &b, "memory.limit_in_bytes"));
+    let grown = limit();
+    assert!(grown > 120 * MIB, "{grown}");
+    // A new entitlement under the limit in force leaves the limit alone.
+    d.ok(&["update", "-m", "100m", "--memory-swap", "-1", "ub"]);
+    assert_eq!(limit(), grown);
+    assert_eq!(
+        inspect(&d, "ub")["BerthElasticMemory"]["Entitlement"],
+        100 * MIB
+    );
+    // Above the ceiling, or more than the pool holds: refused, nothing changes.
+    let e = d.fails(&["update", "-m", "400m", "--memory-swap", "-1", "ub"]);
+    assert!(e.contains("ceiling must be at least the limit"), "{e}");
+    d.ok(&[
+        "run", "-d", "--name", "other", "-m", "400m", "bb:test", "sleep", "1000",
+    ]);
+    let e = d.fails(&["update", "-m", "250m", "--memory-swap", "-1", "ub"]);
+    assert!(e.contains("over the elastic memory pool of 600 MiB"), "{e}");
+    assert_eq!(inspect(&d, "ub")["HostConfig"]["Memory"], 100 * MIB);
+    assert_eq!(limit(), grown);
+}

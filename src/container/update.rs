@@ -291,11 +291,22 @@ impl Containers {
             .map_err(|m| ApiError::Conflict(cannot(&id, m)))?;
         // The result must still start: the create-time checks of the merged values.
         super::spec::resources::resources(&merged, host.swap_limit)?;
-        let live = if rec.state.status.is_live() {
+        let mut live = if rec.state.status.is_live() {
             live_limits(&req.body)
         } else {
             Limits::default()
         };
+        if let Some(e) = self.elastic.get() {
+            let running = self.all();
+            e.check_update(
+                &rec,
+                &merged,
+                &running,
+                &mut live,
+                &self.paths.cgroup_path(&id),
+            )
+            .map_err(|m| ApiError::Conflict(cannot(&id, m)))?;
+        }
         let change = Change {
             before: &rec,
             host_config: &merged,

@@ -132,6 +132,38 @@ impl Elastic {
         linux.set_resources(Some(res));
     }
 
+    /// `docker update` of a container while the controller runs: a new `-m` is a new
+    /// entitlement, which must stay under the ceiling and within the pool; for an elastic
+    /// container the limit in force is the controller's (it is only raised to a new
+    /// entitlement above it, and memory+swap stays as the start set it).
+    pub fn check_update(
+        &self,
+        rec: &Record,
+        merged: &berth_api::models::HostConfig,
+        running: &[Record],
+        live: &mut crate::resources::Limits,
+        path: &str,
+    ) -> Result<(), String> {
+        let new_mem = merged.memory.unwrap_or(0);
+        if let Some(v) = rec.config.labels.as_ref().and_then(|l| l.get(LABEL)) {
+            config::ceiling(rec.config.labels.as_ref(), new_mem)
+                .map_err(|e| format!("{e} (label {LABEL}={v})"))?;
+        }
+        if rec.state.status.is_live() && new_mem != rec.host_config.memory.unwrap_or(0) {
+            let mut probe = rec.clone();
+            probe.host_config.memory = Some(new_mem);
+            self.admit(&probe, running).map_err(|e| e.to_string())?;
+        }
+        if elastic_of(rec).is_some() && rec.state.status.is_live() {
+            live.memory_swap = None;
+            live.memory = match (live.memory, self.mem.sample(path)) {
+                (Some(m), Ok(s)) if m > 0 && (m as u64) > s.limit => Some(m),
+                _ => None,
+            };
+        }
+        Ok(())
+    }
+
     /// Takes a container that just started under control (idempotent; the loop adopts
     /// every elastic container it has not adopted yet anyway).
     pub fn adopt_started(&self, rec: &Record, path: &str) {
