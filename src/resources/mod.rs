@@ -1,9 +1,11 @@
 //! Resources: the containers' cgroups (v1 and v2) under one parent group, the pool.
 //!
 //! [`cgroupfs`] is the cgroup filesystem of either version behind one type; [`limits`]
-//! writes the limits `docker update` changes into a running container's group.
+//! writes the limits `docker update` changes into a running container's group; [`cpus`]
+//! reserves CPUs and gives containers exclusive cores.
 
 pub mod cgroupfs;
+pub mod cpus;
 pub mod limits;
 
 pub use cgroupfs::{CgResult, CgroupError, Cgroups, Version};
