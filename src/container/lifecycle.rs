@@ -52,6 +52,7 @@ impl Containers {
                         r.state.restart_count += 1;
                     }
                 })?;
+                self.settle_cpus(id);
                 self.event(&rec, "start", &[]);
                 self.spawn_monitor(id.to_string());
                 Ok(())
@@ -131,7 +132,7 @@ impl Containers {
             r.attachment = att_json;
             r.extra_attachments = extra_json;
         })?;
-        let bundle = self.write_bundle(rec, &merged, netns.as_deref(), &etc)?;
+        let bundle = self.write_bundle(&self.spec_cpus(rec), &merged, netns.as_deref(), &etc)?;
         let shim_cfg = self.write_shim_config(rec, &bundle)?;
         self.retire_previous_shim(id).await;
         let _ = std::fs::remove_file(self.paths.exit_file(id));
@@ -482,6 +483,7 @@ impl Containers {
         // for waits queued before a start): `docker run --rm` returns only then, and a
         // `docker ps -a` right after it must not list the container.
         self.forget(id)?;
+        self.release_cpus(id);
         let shim = self.shim(id);
         let _ = shim.call(ShimRequest::Removed, None).await;
         for p in self.pending.take(id) {

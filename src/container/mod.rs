@@ -7,6 +7,7 @@
 //! [`pending`] and are handed over at start.
 
 pub mod bundle;
+pub mod cpus;
 pub mod create;
 pub mod egress;
 pub mod exec;
@@ -104,6 +105,8 @@ pub struct Containers {
     pub gate: Arc<Gate>,
     /// Egress shaping: the shaper and the daemon's default rate.
     pub egress: egress::EgressPolicy,
+    /// CPU placement: reserved, exclusive and shared CPUs.
+    pub cpus: cpus::CpuPolicy,
 }
 
 /// Current wall-clock time in ns since the epoch.
@@ -121,6 +124,7 @@ pub fn new_id() -> String {
 
 impl Containers {
     /// Loads every record from the store.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         store: &Store,
         paths: Paths,
@@ -129,6 +133,7 @@ impl Containers {
         net: Arc<NetworkManager>,
         gate: Arc<Gate>,
         egress: egress::EgressPolicy,
+        cpus: cpus::CpuPolicy,
     ) -> ApiResult<Arc<Self>> {
         let table = store.table("containers")?;
         let recs: HashMap<String, Record> = table.all::<Record>()?.into_iter().collect();
@@ -146,6 +151,7 @@ impl Containers {
             net,
             gate,
             egress,
+            cpus,
         }))
     }
 

@@ -118,6 +118,16 @@ impl Daemon {
             cgroup_parent: config.cgroup_parent.clone(),
             log_opts: config.log_opts.clone(),
         };
+        let cpus = crate::resources::cpus::Topology::read(&config.sysfs_root)
+            .map_err(anyhow::Error::from)
+            .and_then(|topo| {
+                Ok(crate::resources::cpus::CpuManager::open(
+                    &store,
+                    topo,
+                    config.reserved_cpus.clone(),
+                )?)
+            })
+            .context("set up CPU placement")?;
         let containers = Containers::open(
             &store,
             paths,
@@ -129,6 +139,7 @@ impl Daemon {
                 shaper: Default::default(),
                 default_rate: config.default_egress_rate,
             },
+            crate::container::cpus::CpuPolicy::new(cpus, crate::resources::Cgroups::detect()),
         )
         .context("open container records")?;
         tracing::debug!(store = ?t_store, net = ?t_net, all = ?t0.elapsed(), "daemon state opened");
