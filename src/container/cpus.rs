@@ -19,7 +19,7 @@
 use super::record::{Record, Status};
 use super::Containers;
 use crate::error::{ApiError, ApiResult};
-use crate::resources::cpus::{parse_exclusive, CpuManager, CpuSet, LABEL_EXCLUSIVE};
+use crate::resources::cpus::{parse_exclusive, Allocation, CpuManager, CpuSet, LABEL_EXCLUSIVE};
 use crate::resources::{limits, Cgroups, Limits};
 use berth_api::models::HostConfig;
 use std::borrow::Cow;
@@ -102,6 +102,23 @@ pub fn plan(
             parse_exclusive(n).map_err(ApiError::BadRequest)?,
         )),
         (None, None) => Ok(Plan::Shared),
+    }
+}
+
+/// A container holding exclusive cores keeps exactly those: an update of its cpuset to
+/// anything else is refused.
+pub fn keeps_exclusive_cores(
+    name: &str,
+    held: Option<&Allocation>,
+    wanted: &CpuSet,
+) -> ApiResult<()> {
+    match held {
+        Some(a) if a.cpus != *wanted => Err(ApiError::BadRequest(format!(
+            "cannot change the cpuset of container {name}: it holds the exclusive cores {} \
+             ({LABEL_EXCLUSIVE}={}); re-create it to change them",
+            a.cpus, a.cores
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -233,18 +250,7 @@ impl Containers {
         }
         let cpus = parse_cpuset(list)?;
         let _g = self.cpus.lock();
-        if let Some(a) = self.cpus.manager.get(id) {
-            if a.cpus == cpus {
-                return Ok(());
-            }
-            return Err(ApiError::BadRequest(format!(
-                "cannot change the cpuset of container {}: it holds the exclusive cores {} \
-                 ({LABEL_EXCLUSIVE}={}); re-create it to change them",
-                self.name_of(id),
-                a.cpus,
-                a.cores
-            )));
-        }
+        keeps_exclusive_cores(&self.name_of(id), self.cpus.manager.get(id).as_ref(), &cpus)?;
         self.check_overlap(id, list, &cpus)
     }
 
@@ -431,6 +437,26 @@ mod tests {
                 "{e}"
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn an_exclusive_container_keeps_its_cores_on_update() -> ApiResult<()> {
+        let set = |s: &str| CpuSet::parse(s).map_err(|e| ApiError::Internal(e.to_string()));
+        let a = Allocation {
+            cpus: set("2-3,10-11")?,
+            nodes: set("0")?,
+            cores: 2,
+        };
+        keeps_exclusive_cores("gs", Some(&a), &set("2-3,10-11")?)?;
+        keeps_exclusive_cores("web", None, &set("0-3")?)?;
+        let e = keeps_exclusive_cores("gs", Some(&a), &set("2-3")?).expect_err("half");
+        assert_eq!(e.status(), 400);
+        assert_eq!(
+            e.to_string(),
+            "cannot change the cpuset of container gs: it holds the exclusive cores \
+             2-3,10-11 (berth.cpus.exclusive=2); re-create it to change them"
+        );
         Ok(())
     }
 }
