@@ -2,6 +2,7 @@
 //! (`--config-file`); a flag given on the command line wins over the file.
 
 use crate::network::shaping::{parse_rate, Rate};
+use crate::resources::cpus::{reserved_from_flag, CpuSet};
 use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
@@ -72,6 +73,13 @@ pub struct Flags {
         default_missing_value = DEFAULT_LXCFS
     )]
     pub lxcfs: Option<PathBuf>,
+    /// CPUs no container gets unless it names them with --cpuset-cpus (e.g. the CPUs that
+    /// serve NIC interrupts), as a list like 0-1,8-9.
+    #[arg(long, env = "BERTH_RESERVED_CPUS", value_name = "LIST")]
+    pub reserved_cpus: Option<String>,
+    /// Root of the sysfs tree the CPU topology is read from (tests: a fake tree).
+    #[arg(long, env = "BERTH_SYSFS_ROOT", hide = true, value_name = "PATH")]
+    pub sysfs_root: Option<PathBuf>,
     /// A command instead of running the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -119,6 +127,7 @@ pub struct FileConfig {
     cgroup_parent: Option<String>,
     default_egress_rate: Option<String>,
     elastic_memory: Option<crate::resources::elastic::FileElastic>,
+    reserved_cpus: Option<String>,
     log_driver: Option<String>,
     log_opts: Option<HashMap<String, String>>,
     lxcfs: Option<LxcfsKey>,
@@ -159,6 +168,10 @@ pub struct Config {
     pub elastic_memory: Option<crate::resources::elastic::ElasticConfig>,
     /// `--lxcfs`: lxcfs's mount point, when containers get its files.
     pub lxcfs: Option<PathBuf>,
+    /// `--reserved-cpus`, checked against the online CPUs.
+    pub reserved_cpus: CpuSet,
+    /// `--sysfs-root` (`/sys`): where the CPU topology is read.
+    pub sysfs_root: PathBuf,
 }
 
 impl Config {
@@ -228,6 +241,11 @@ impl Config {
         if let Some(p) = lxcfs.as_ref().filter(|p| !p.is_absolute()) {
             bail!("--lxcfs: {} is not an absolute path", p.display());
         }
+        let sysfs_root = flags.sysfs_root.unwrap_or_else(|| "/sys".into());
+        let reserved_cpus = match flags.reserved_cpus.or(file.reserved_cpus) {
+            Some(list) => reserved_from_flag(&list, &sysfs_root).map_err(anyhow::Error::msg)?,
+            None => CpuSet::new(),
+        };
         Ok(Config {
             hosts,
             data_root: flags
@@ -256,6 +274,8 @@ impl Config {
             sriov_sysfs_root: flags.sriov_sysfs_root.unwrap_or_else(|| "/sys".into()),
             elastic_memory,
             lxcfs,
+            reserved_cpus,
+            sysfs_root,
         })
     }
 }
@@ -360,6 +380,49 @@ mod tests {
         std::fs::write(&f, r#"{"no-such-key":1}"#)?;
         let flags = Flags::parse_from(["berthd", "--config-file", f.to_str().unwrap_or_default()]);
         assert!(Config::load(flags).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn reserved_cpus_come_from_the_flag_or_the_file_and_must_be_online() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let sys = dir.path().join("sys");
+        crate::resources::cpus::fake::write(&sys, &crate::resources::cpus::fake::uneven())?;
+        let sys_arg = sys.to_str().unwrap_or_default();
+        let c = Config::load(Flags::parse_from([
+            "berthd",
+            "--sysfs-root",
+            sys_arg,
+            "--reserved-cpus",
+            "0-1,9",
+        ]))?;
+        assert_eq!(c.reserved_cpus.to_string(), "0-1,9");
+        assert_eq!(c.sysfs_root, sys);
+        let f = dir.path().join("daemon.json");
+        std::fs::write(&f, r#"{"reserved-cpus":"8"}"#)?;
+        let from_file = Flags::parse_from([
+            "berthd",
+            "--config-file",
+            f.to_str().unwrap_or_default(),
+            "--sysfs-root",
+            sys_arg,
+        ]);
+        assert_eq!(Config::load(from_file)?.reserved_cpus.to_string(), "8");
+        let e = Config::load(Flags::parse_from([
+            "berthd",
+            "--sysfs-root",
+            sys_arg,
+            "--reserved-cpus",
+            "8-12",
+        ]))
+        .expect_err("offline CPUs");
+        assert_eq!(
+            e.to_string(),
+            "invalid --reserved-cpus 8-12: CPU 10-12 is not online (online: 0-9)"
+        );
+        assert!(Config::load(Flags::parse_from(["berthd"]))?
+            .reserved_cpus
+            .is_empty());
         Ok(())
     }
 }

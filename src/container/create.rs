@@ -279,6 +279,8 @@ impl Containers {
                 }
             }
         };
+        let labels = body.labels.clone().unwrap_or_default();
+        let cpus = self.claim_cpus(&id, &labels, &own_labels, &mut hc)?;
         let rec = Record {
             id: id.clone(),
             name: name.clone(),
@@ -309,6 +311,7 @@ impl Containers {
             self.recs().remove(&id);
             return Err(e);
         }
+        cpus.keep();
         super::rootfs::Rootfs::new(&self.paths.data_root, &id).prepare()?;
         let dir = self.paths.container_dir(&id);
         std::fs::create_dir_all(&dir)

@@ -57,6 +57,7 @@ impl Containers {
                         r.state.restart_count += 1;
                     }
                 })?;
+                self.settle_cpus(id);
                 self.event(&rec, "start", &[]);
                 self.spawn_monitor(id.to_string());
                 Ok(())
@@ -142,8 +143,13 @@ impl Containers {
             r.extra_attachments = extra_json;
             r.lxcfs = lxcfs.clone();
         })?;
-        let bundle =
-            self.write_bundle(rec, &merged, netns.as_deref(), &etc, lxcfs_now.as_deref())?;
+        let bundle = self.write_bundle(
+            &self.spec_cpus(rec),
+            &merged,
+            netns.as_deref(),
+            &etc,
+            lxcfs_now.as_deref(),
+        )?;
         let shim_cfg = self.write_shim_config(rec, &bundle)?;
         self.retire_previous_shim(id).await;
         let _ = std::fs::remove_file(self.paths.exit_file(id));
@@ -494,6 +500,7 @@ impl Containers {
         // for waits queued before a start): `docker run --rm` returns only then, and a
         // `docker ps -a` right after it must not list the container.
         self.forget(id)?;
+        self.release_cpus(id);
         let shim = self.shim(id);
         let _ = shim.call(ShimRequest::Removed, None).await;
         for p in self.pending.take(id) {

@@ -7,6 +7,7 @@
 //! [`pending`] and are handed over at start.
 
 pub mod bundle;
+pub mod cpus;
 pub mod create;
 pub mod egress;
 pub mod exec;
@@ -110,6 +111,8 @@ pub struct Containers {
     pub egress: egress::EgressPolicy,
     /// The elastic-memory controller, when the daemon runs one.
     pub elastic: std::sync::OnceLock<Arc<crate::resources::elastic::Elastic>>,
+    /// CPU placement: reserved, exclusive and shared CPUs.
+    pub cpus: cpus::CpuPolicy,
 }
 
 /// Current wall-clock time in ns since the epoch.
@@ -127,6 +130,7 @@ pub fn new_id() -> String {
 
 impl Containers {
     /// Loads every record from the store.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         store: &Store,
         paths: Paths,
@@ -135,6 +139,7 @@ impl Containers {
         net: Arc<NetworkManager>,
         gate: Arc<Gate>,
         egress: egress::EgressPolicy,
+        cpus: cpus::CpuPolicy,
     ) -> ApiResult<Arc<Self>> {
         let table = store.table("containers")?;
         let recs: HashMap<String, Record> = table.all::<Record>()?.into_iter().collect();
@@ -153,6 +158,7 @@ impl Containers {
             gate,
             egress,
             elastic: std::sync::OnceLock::new(),
+            cpus,
         }))
     }
 

@@ -163,6 +163,7 @@ impl Containers {
                 tracing::warn!(error = %e, "network reconcile");
             }
         }
+        self.reconcile_cpus(!clean_takeover);
         let t_net = t0.elapsed();
         // Ask every shim at once, before any monitor subscribes: one by one (and queued
         // behind the monitors' subscriptions), a respawned worker with many containers

@@ -374,9 +374,20 @@ impl Containers {
         Ok(undo)
     }
 
-    /// Where the exclusive-CPU allocator will veto a cpuset change (and any other component
-    /// that must agree before limits change). Nothing vetoes yet.
-    fn check_update(&self, _change: &Change<'_>) -> ApiResult<()> {
+    /// Vetoes before limits change: a cpuset may not take another container's exclusive
+    /// cores, nor move an exclusive container off its own.
+    fn check_update(&self, change: &Change<'_>) -> ApiResult<()> {
+        let new = change.host_config.cpuset_cpus.as_deref().unwrap_or("");
+        if new
+            != change
+                .before
+                .host_config
+                .cpuset_cpus
+                .as_deref()
+                .unwrap_or("")
+        {
+            self.check_cpuset_update(&change.before.id, new)?;
+        }
         Ok(())
     }
 

@@ -119,6 +119,16 @@ impl Daemon {
             log_opts: config.log_opts.clone(),
             lxcfs: config.lxcfs.clone(),
         };
+        let cpus = crate::resources::cpus::Topology::read(&config.sysfs_root)
+            .map_err(anyhow::Error::from)
+            .and_then(|topo| {
+                Ok(crate::resources::cpus::CpuManager::open(
+                    &store,
+                    topo,
+                    config.reserved_cpus.clone(),
+                )?)
+            })
+            .context("set up CPU placement")?;
         let containers = Containers::open(
             &store,
             paths,
@@ -130,6 +140,7 @@ impl Daemon {
                 shaper: Default::default(),
                 default_rate: config.default_egress_rate,
             },
+            crate::container::cpus::CpuPolicy::new(cpus, crate::resources::Cgroups::detect()),
         )
         .context("open container records")?;
         if let Some(cfg) = &config.elastic_memory {
