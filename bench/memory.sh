@@ -6,10 +6,10 @@
 #      containers as the reference (it has no controller).
 #   2. Reaction from pressure to action, $ROUNDS rounds on a 600 MiB pool (low 60, critical
 #      24 MiB): a holds 280 MiB within its 300 MiB entitlement, b (entitled to 50 MiB,
-#      elastic) holds 200 MiB, then c claims 180 MiB at once. A poller (every 0.5 ms) notes
-#      when the pool's headroom reaches the critical threshold or the pool runs out, and
-#      when b's group is empty: the kill's reaction time. Grow reaction: b waiting at its
-#      limit (under_oom) until its limit is raised.
+#      elastic) holds 200 MiB; c1 claims 80 MiB at once (headroom under the low threshold:
+#      squeeze), then c2 claims 100 MiB at once (critical: kill). A poller (every 0.5 ms)
+#      notes when the pool's headroom crosses the threshold (or the pool runs out) and when
+#      b's limit dropped / b's group is empty.
 # Run by bench/run.sh (BENCH=memory, or all); dockerd runs on its own socket and data root
 # and is stopped afterwards, the firewall ruleset is saved and restored.
 set -euo pipefail
@@ -119,22 +119,25 @@ export DOCKER_HOST=unix://$RS
 docker import "$W/bb.tar" bb >/dev/null
 POOL=/sys/fs/cgroup/memory/bmemr
 hogcmd() { echo "mkfifo /hog; ($1; sleep 100000) >/hog & exec tail -c 1000m </hog >/dev/null"; }
-: > "$W/kill.txt"; : > "$W/grow.txt"
+: > "$W/kill.txt"; : > "$W/squeeze.txt"
 for r in $(seq "$ROUNDS"); do
   a=$(docker run -d -m 300m bb sh -c "$(hogcmd 'head -c 280m /dev/zero')")
   until [ "$(cat $POOL/$a/memory.usage_in_bytes)" -ge $((275 << 20)) ]; do sleep 0.05; done
   b=$(docker run -d -m 50m --label berth.memory.elastic=max bb sh -c "$(hogcmd 'head -c 200m /dev/zero')")
-  # Grow: b allocates at once, waits at its 50 MiB limit until the controller raises it.
-  python3 bench/memory_poll.py grow "$POOL/$b" >> "$W/grow.txt"
   until [ "$(cat $POOL/$b/memory.usage_in_bytes)" -ge $((198 << 20)) ]; do sleep 0.05; done
   sleep 0.5
+  python3 bench/memory_poll.py squeeze "$POOL" "$POOL/$b" $((600 << 20)) $((60 << 20)) >> "$W/squeeze.txt" &
+  PP=$!
+  sleep 0.2
+  c1=$(docker run -d -m 100m bb sh -c "$(hogcmd 'head -c 80m /dev/zero')")
+  wait $PP
   python3 bench/memory_poll.py kill "$POOL" "$POOL/$b" $((600 << 20)) $((24 << 20)) >> "$W/kill.txt" &
   PP=$!
   sleep 0.2
-  c=$(docker run -d -m 200m bb sh -c "$(hogcmd 'head -c 180m /dev/zero')")
+  c2=$(docker run -d -m 150m bb sh -c "$(hogcmd 'head -c 100m /dev/zero')")
   wait $PP
   [ "$(docker inspect -f '{{.State.OOMKilled}}' "$b")" = true ] || echo "round $r: b not marked OOMKilled" >&2
-  docker rm -f "$a" "$b" "$c" >/dev/null
+  docker rm -f "$a" "$b" "$c1" "$c2" >/dev/null
   sleep 0.5
 done
 KERNEL_KILLS=$(cat $POOL/*/memory.oom_control 2>/dev/null | awk '/^oom_kill /{s+=$2} END{print s+0}')
@@ -147,6 +150,6 @@ echo "| CPU, 100 idle containers, elastic memory on (50 elastic, 100 ms ticks) |
 echo "| CPU, 100 idle containers, elastic memory off | ${OFF} % | ${DOCK} % (dockerd alone) |"
 echo "| controller's own cost (on − off) | $(awk -v a="$ON" -v b="$OFF" 'BEGIN{printf "%.2f", a - b}') % of one CPU | — |"
 echo "| kill: pool at critical headroom → victim gone, median / max of $ROUNDS | $(awk '{print $1}' "$W/kill.txt" | med) / $(awk '{print $1}' "$W/kill.txt" | sort -n | tail -1) ms | — |"
-echo "| grow: container waiting at its limit → limit raised, median / max of $ROUNDS | $(awk '{print $1}' "$W/grow.txt" | med) / $(awk '{print $1}' "$W/grow.txt" | sort -n | tail -1) ms | — |"
+echo "| squeeze: pool under low headroom → bursting limit lowered, median / max of $ROUNDS | $(awk '{print $1}' "$W/squeeze.txt" | med) / $(awk '{print $1}' "$W/squeeze.txt" | sort -n | tail -1) ms | — |"
 echo "| kernel OOM kills during the rounds | ${KERNEL_KILLS} | — |"
 [ -n "$CTRD" ] && echo "(containerd's CPU is not included in dockerd's figure)"

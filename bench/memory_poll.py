@@ -6,9 +6,9 @@ time in milliseconds.
       from the first sample where the pool's headroom (SIZE minus usage minus inactive
       file pages) is at or under CRITICAL, or the pool is under_oom, until VICTIM's
       cgroup.procs is empty.
-  memory_poll.py grow GROUP
-      from the first sample where GROUP is under_oom (waiting at its limit) until its
-      memory.limit_in_bytes is higher than it was then.
+  memory_poll.py squeeze POOL GROUP SIZE LOW
+      from the first sample where the pool's headroom is under LOW until GROUP's
+      memory.limit_in_bytes is lower than it was then.
 """
 import sys
 import time
@@ -49,20 +49,26 @@ def kill(pool, victim, size, critical):
     raise SystemExit("kill: timed out")
 
 
-def grow(group):
-    t_wait = None
+def headroom(pool, size):
+    usage = int(read(pool + "/memory.usage_in_bytes"))
+    inactive = keyed(read(pool + "/memory.stat"), "total_inactive_file")
+    return size - (usage - inactive)
+
+
+def squeeze(pool, group, size, low):
+    t_low = None
     limit0 = None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         now = time.monotonic()
         limit = int(read(group + "/memory.limit_in_bytes"))
-        if t_wait is None:
-            if keyed(read(group + "/memory.oom_control"), "under_oom"):
-                t_wait, limit0 = now, limit
-        elif limit > limit0:
-            return (now - t_wait) * 1000
+        if t_low is None:
+            if headroom(pool, size) < low:
+                t_low, limit0 = now, limit
+        elif limit < limit0:
+            return (now - t_low) * 1000
         time.sleep(0.0005)
-    raise SystemExit("grow: timed out")
+    raise SystemExit("squeeze: timed out")
 
 
 def main():
@@ -70,7 +76,7 @@ def main():
     if mode == "kill":
         ms = kill(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:
-        ms = grow(sys.argv[2])
+        ms = squeeze(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     print(f"{ms:.1f}")
 
 

@@ -296,7 +296,7 @@ fn relinquish_memory(daemon: &Daemon) {
         .iter()
         .filter(|r| r.state.status.is_live())
         .filter_map(|r| {
-            crate::resources::elastic::elastic_of(r)
+            e.bounds(r)
                 .map(|(_, c)| (daemon.containers.paths.cgroup_path(&r.id), c))
         })
         .collect();

@@ -152,12 +152,14 @@ fn a_bursting_container_grows_then_is_squeezed_and_killed_for_a_neighbour() {
                 false
             }
     });
+    // Its limit is its ceiling (max: the pool) while nobody needs the room.
     let limit_b = read_u64(&mem_file(&d, &b, "memory.limit_in_bytes"));
-    assert!(limit_b > 200 * MIB, "b's limit was raised: {limit_b}");
+    assert_eq!(limit_b, 600 * MIB);
     let el = inspect(&d, "eb")["BerthElasticMemory"].clone();
     assert_eq!(el["Entitlement"], 50 * MIB, "{el}");
     assert_eq!(el["Ceiling"], "max", "{el}");
-    assert_eq!(el["LastAction"]["Action"], "grow", "{el}");
+    assert_eq!(el["Limit"], 600 * MIB, "{el}");
+    assert!(el["LastAction"].is_null(), "{el}");
     assert_eq!(
         oom_kills(&d, &b),
         0,
@@ -186,16 +188,15 @@ fn a_bursting_container_grows_then_is_squeezed_and_killed_for_a_neighbour() {
     assert!(usage(&d, &a) >= 275 * MIB, "a kept its memory");
     let all = oom_kills(&d, "") + oom_kills(&d, &a) + oom_kills(&d, &b) + oom_kills(&d, &c);
     assert_eq!(all, 0, "the kernel OOM killer never fired in the pool");
-    // The actions as events, each with its reason, in order: grow, squeeze, kill (oom).
+    // The actions as events, each with its reason, in order: squeeze, kill (oom).
     let evs = events(&d, &since, "eb");
     let actions: Vec<&str> = evs.iter().map(|(a, _)| a.as_str()).collect();
     let pos = |what: &str| actions.iter().position(|a| *a == what);
-    let (grow, squeeze, oom) = (
-        pos("elastic-grow").expect("a grow event"),
+    let (squeeze, oom) = (
         pos("elastic-squeeze").expect("a squeeze event"),
         pos("oom").expect("an oom event"),
     );
-    assert!(grow < squeeze && squeeze < oom, "{actions:?}");
+    assert!(squeeze < oom, "{actions:?}");
     let reason = evs[oom].1["reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("furthest over its entitlement") && reason.contains("entitled to 50 MiB"),
@@ -346,10 +347,17 @@ fn a_daemon_that_stops_gives_the_pool_back_to_the_kernel() {
         oom_control("").contains("oom_kill_disable 1"),
         "pool under control"
     );
-    assert!(
-        oom_control(&id).contains("oom_kill_disable 1"),
-        "waits at its limit"
+    assert_eq!(
+        read_u64(&pool.join(&id).join("memory.limit_in_bytes")),
+        300 * MIB
     );
+    // Squeezed by hand, as the controller would: under its ceiling it waits, not dies.
+    std::fs::write(
+        pool.join(&id).join("memory.limit_in_bytes"),
+        (60 * MIB).to_string(),
+    )
+    .expect("squeeze");
+    std::fs::write(pool.join(&id).join("memory.oom_control"), "1").expect("pause mode");
     let master = d.master_pid();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(master),
@@ -397,8 +405,30 @@ fn docker_update_changes_the_entitlement_not_the_controllers_limit() {
     );
     until("ub grows past 50 MiB", || usage(&d, &b) >= 118 * MIB);
     let limit = || read_u64(&mem_file(&d, &b, "memory.limit_in_bytes"));
+    assert_eq!(
+        limit(),
+        300 * MIB,
+        "an elastic container's limit starts at its ceiling"
+    );
+    // A neighbour takes the pool under the low threshold: ub is squeezed to its usage...
+    let n = hog(&d, "nb", &["-m", "450m"], 440, 0);
+    until("nb holds 440 MiB", || usage(&d, &n) >= 435 * MIB);
+    until("ub is squeezed", || limit() < 140 * MIB);
+    assert!(limit() >= 120 * MIB, "not under its usage: {}", limit());
+    assert_eq!(
+        inspect(&d, "ub")["BerthElasticMemory"]["LastAction"]["Action"],
+        "squeeze"
+    );
+    // ... and gets its room back once the neighbour is gone.
+    d.ok(&["rm", "-f", "nb"]);
+    until("ub's limit is back at its ceiling", || limit() == 300 * MIB);
+    let acts: Vec<String> = events(&d, "0", "ub").into_iter().map(|(a, _)| a).collect();
+    assert!(
+        acts.iter().any(|a| a == "elastic-squeeze")
+            && acts.last().is_some_and(|a| a == "elastic-grow"),
+        "{acts:?}"
+    );
     let grown = limit();
-    assert!(grown > 120 * MIB, "{grown}");
     // A new entitlement under the limit in force leaves the limit alone.
     d.ok(&["update", "-m", "100m", "--memory-swap", "-1", "ub"]);
     assert_eq!(limit(), grown);

@@ -4,7 +4,7 @@
 //! (a generation handing over, or a successor not yet serving, samples nothing).
 
 use super::decide::{decide, Action, Member, Pool};
-use super::{elastic_of, Elastic, ElasticStatus};
+use super::{Elastic, ElasticStatus};
 use crate::container::now_ns;
 use crate::container::record::{Record, Status};
 use crate::container::Containers;
@@ -157,7 +157,7 @@ impl Elastic {
         let mut members = Vec::new();
         let mut ceilings = HashMap::new();
         for (rec, path) in running.iter().zip(paths) {
-            let el = elastic_of(rec);
+            let el = self.bounds(rec);
             if el.is_none() && !red {
                 continue;
             }

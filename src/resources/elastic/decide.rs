@@ -2,9 +2,9 @@
 //! containers to the actions to take ("reservation-protected burst",
 //! research/net-mem.md §5.2).
 //!
-//! * **Green** (headroom at or above the low threshold): an elastic container near its
-//!   current limit (or paused at it) is granted more, up to its ceiling, out of the headroom
-//!   above the low threshold.
+//! * **Green** (headroom at or above the low threshold): an elastic container's limit is
+//!   its ceiling, so it grows without waiting for the controller; one squeezed earlier gets
+//!   its limit back toward the ceiling, out of the headroom above the low threshold.
 //! * **Yellow** (headroom under the low threshold): nothing is granted; bursting containers
 //!   (limit above their entitlement) are squeezed toward `max(entitlement, usage)`.
 //! * **Red** (headroom at or under the critical threshold, or the pool is out of memory):
@@ -15,8 +15,6 @@
 const MIB: u64 = 1 << 20;
 /// Smallest grant or squeeze worth a write.
 const STEP_MIN: u64 = MIB;
-/// A grant is at least this, or a quarter of the current limit.
-const GRANT_MIN: u64 = 32 * MIB;
 /// Room left above usage when squeezing (so that a squeezed container is not paused at
 /// once by its own limit).
 const SQUEEZE_SLACK: u64 = 4 * MIB;
@@ -159,16 +157,12 @@ pub fn decide(pool: &Pool, members: &[Member]) -> Vec<Action> {
             })
             .collect();
     }
+    // Green: squeezed containers get their room back, toward their ceilings.
     let mut room = headroom - pool.low;
     let mut out = Vec::new();
     for m in members {
         let Some(ceiling) = m.ceiling else { continue };
-        let near = m.under_oom || m.usage.saturating_mul(10) >= m.limit.saturating_mul(9);
-        if !near || m.limit >= ceiling {
-            continue;
-        }
-        let want = (m.limit / 4).max(GRANT_MIN);
-        let grant = want.min(ceiling - m.limit).min(room);
+        let grant = ceiling.saturating_sub(m.limit).min(room);
         if grant < STEP_MIN {
             continue;
         }
@@ -177,10 +171,11 @@ pub fn decide(pool: &Pool, members: &[Member]) -> Vec<Action> {
             id: m.id.clone(),
             to: m.limit + grant,
             reason: format!(
-                "uses {} MiB of its {} MiB limit; pool headroom {} MiB",
-                mib(m.usage),
+                "pool headroom {} MiB is above the low {} MiB again; limit {} MiB back toward the ceiling {} MiB",
+                mib(headroom),
+                mib(pool.low),
                 mib(m.limit),
-                mib(headroom)
+                mib(ceiling)
             ),
         });
     }
@@ -226,18 +221,21 @@ mod tests {
     }
 
     #[test]
-    fn green_grants_to_elastic_containers_near_their_limit_only() {
+    fn green_gives_squeezed_containers_their_room_back_toward_the_ceiling() {
         let ms = [
             member("a", 300, None, 300, 290),      // not elastic: never moves
-            member("b", 50, Some(400), 50, 46),    // near its limit: grows
-            member("c", 100, Some(400), 200, 100), // far from its limit
+            member("b", 50, Some(400), 204, 200),  // squeezed earlier
             member("d", 100, Some(120), 120, 119), // at its ceiling
         ];
-        assert_eq!(ids(&decide(&pool(200), &ms)), vec![("grow", "b", 82)]);
-        // paused at its limit counts as near
-        let mut c = ms[2].clone();
-        c.under_oom = true;
-        assert_eq!(ids(&decide(&pool(200), &[c])), vec![("grow", "c", 250)]);
+        assert_eq!(ids(&decide(&pool(200), &ms)), vec![("grow", "b", 400)]);
+        let a = decide(&pool(200), &ms);
+        let Action::Grow { reason, .. } = &a[0] else {
+            unreachable!()
+        };
+        assert!(
+            reason.contains("back toward the ceiling 400 MiB"),
+            "{reason}"
+        );
     }
 
     #[test]

@@ -104,11 +104,17 @@ impl Elastic {
         Ok(())
     }
 
-    /// The spec's memory settings for an elastic container: its OOM killer is off below the
-    /// ceiling (the controller grants more instead), and memory+swap leaves room for the
-    /// limit to move up to the ceiling with the same swap allowance.
+    /// An elastic container's entitlement and its ceiling as the controller enforces it
+    /// (`max` is the pool's size).
+    pub fn bounds(&self, rec: &Record) -> Option<(u64, u64)> {
+        elastic_of(rec).map(|(l, c)| (l, c.min(self.cfg.pool_size).max(l)))
+    }
+
+    /// The spec's memory settings for an elastic container: its limit starts at its ceiling
+    /// (it grows without waiting for anyone while the pool has room), its entitlement is its
+    /// soft limit, and memory+swap keeps the swap allowance `-m` gave it.
     pub fn adjust_spec(&self, rec: &Record, spec: &mut oci_spec::runtime::Spec) {
-        let Some((limit, ceiling)) = elastic_of(rec) else {
+        let Some((entitlement, ceiling)) = self.bounds(rec) else {
             return;
         };
         let Some(linux) = spec.linux_mut() else {
@@ -116,17 +122,17 @@ impl Elastic {
         };
         let mut res = linux.resources().clone().unwrap_or_default();
         let mut memory = res.memory().unwrap_or_default();
-        if ceiling > limit && self.mem.cgroups().version() == crate::resources::Version::V1 {
-            memory.set_disable_oom_killer(Some(true));
+        memory.set_limit(Some(ceiling.min(i64::MAX as u64) as i64));
+        if memory.reservation().is_none() {
+            memory.set_reservation(Some(entitlement as i64));
         }
         if let Some(swap) = memory.swap() {
-            let allowance = (swap as u64).saturating_sub(limit);
-            let memsw = if swap < 0 || ceiling == u64::MAX {
+            let allowance = (swap as u64).saturating_sub(entitlement);
+            memory.set_swap(Some(if swap < 0 {
                 -1
             } else {
                 ceiling.saturating_add(allowance).min(i64::MAX as u64) as i64
-            };
-            memory.set_swap(Some(memsw));
+            }));
         }
         res.set_memory(Some(memory));
         linux.set_resources(Some(res));
@@ -154,7 +160,7 @@ impl Elastic {
             probe.host_config.memory = Some(new_mem);
             self.admit(&probe, running).map_err(|e| e.to_string())?;
         }
-        if elastic_of(rec).is_some() && rec.state.status.is_live() {
+        if self.bounds(rec).is_some() && rec.state.status.is_live() {
             live.memory_swap = None;
             live.memory = match (live.memory, self.mem.sample(path)) {
                 (Some(m), Ok(s)) if m > 0 && (m as u64) > s.limit => Some(m),
@@ -167,7 +173,7 @@ impl Elastic {
     /// Takes a container that just started under control (idempotent; the loop adopts
     /// every elastic container it has not adopted yet anyway).
     pub fn adopt_started(&self, rec: &Record, path: &str) {
-        let Some((_, ceiling)) = elastic_of(rec) else {
+        let Some((_, ceiling)) = self.bounds(rec) else {
             return;
         };
         if let Err(e) = self.mem.adopt(path, ceiling) {
