@@ -201,7 +201,8 @@ pub fn create_init(
             .with_stdout(io.stdout)
             .with_stderr(io.stderr);
     }
-    b.as_init(&cfg.bundle)
+    let mut container = b
+        .as_init(&cfg.bundle)
         .with_systemd(false)
         .with_detach(true)
         .build()
@@ -212,7 +213,13 @@ pub fn create_init(
                 .map(|p| p.cwd().clone())
                 .unwrap_or_default();
             failure(error_chain(&e), &spec, &cfg.bundle, &cwd, &first_arg(&spec))
-        })
+        })?;
+    // What libcontainer leaves out of the cgroup, before the init runs.
+    if let Err(e) = crate::cgfix::apply(&spec, Path::new("/sys/fs/cgroup")) {
+        let _ = container.delete(true);
+        return Err(format!("unable to apply cgroup configuration: {e}"));
+    }
+    Ok(container)
 }
 
 /// The process description of an exec, derived from the init's process.
