@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::cgroups::{block_device, cg, inspect, pid_of, run_d};
+use common::cgroups::{block_device, cg, inspect, pid_of, raw_create, run_d};
 use common::{daemon_with_image, until};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -100,6 +100,13 @@ fn memory_flags_reach_the_cgroup_and_inspect() {
             V1_UNLIMITED
         );
     }
+
+    // The daemon's warnings reach the CLI (which adds its own for this case).
+    let warn = run_d(&d, "nolimit", &["--oom-kill-disable"], &["sleep", "300"]);
+    assert!(
+        warn.contains("WARNING: OOM killer is disabled for the container, but no memory limit is set, this can result in the system running out of resources."),
+        "{warn}"
+    );
 
     // dockerd's validation messages, as the CLI prints them.
     let e = d.fails(&[
@@ -232,6 +239,20 @@ fn cpu_flags_reach_the_cgroup_and_inspect() {
     assert!(
         e.contains("Conflicting options: Nano CPUs and CPU Period cannot both be set"),
         "{e}"
+    );
+    // The raw API: 400 with the message, and no container.
+    let (status, body) = raw_create(
+        &d,
+        &format!(
+            r#"{{"Image":"bb:test","Cmd":["true"],"HostConfig":{{"NanoCpus":{}}}}}"#,
+            (n as u64 + 1) * 1_000_000_000
+        ),
+    );
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    assert_eq!(
+        v["message"],
+        format!("Range of CPUs is from 0.01 to {n}.00, as there are only {n} CPUs available")
     );
     assert_eq!(d.ok(&["ps", "-aq", "--filter", "status=created"]), "");
 }

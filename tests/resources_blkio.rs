@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::cgroups::{block_device, cg, cg_path, inspect, run_d};
+use common::cgroups::{block_device, cg, cg_path, inspect, raw_create, run_d};
 use common::{daemon_with_image, Daemon};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -186,32 +186,4 @@ fn blkio_weights_apply_or_are_refused_clearly() {
         json!([{"Path": lo.dev, "Weight": 200}])
     );
     d.ok(&["rm", "-f", "bwd"]);
-}
-
-/// `POST /containers/create` on a raw connection: status and body.
-fn raw_create(d: &Daemon, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(&d.sock).expect("connect");
-    let req = format!(
-        "POST /v1.41/containers/create HTTP/1.1\r\nHost: berth\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("send");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    // A chunked body: keep the JSON object.
-    let body = match (body.find('{'), body.rfind('}')) {
-        (Some(a), Some(b)) if a < b => body[a..=b].to_string(),
-        _ => body,
-    };
-    (status, body)
 }

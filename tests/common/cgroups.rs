@@ -1,6 +1,6 @@
 //! cgroup and inspect helpers of the resource tests (`tests/resources*.rs`,
 //! `tests/resource_limits.rs`): a container's v1 cgroup files under the daemon's pool, a
-//! process's cgroup, `docker inspect` as JSON and a detached `docker run`.
+//! process's cgroup, `docker inspect` as JSON, a detached `docker run` and a raw create.
 
 use super::Daemon;
 use serde_json::Value;
@@ -78,4 +78,32 @@ pub fn block_device() -> Option<(String, String)> {
         }
     }
     None
+}
+
+/// `POST /containers/create` on a raw connection: status and body.
+pub fn raw_create(d: &Daemon, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&d.sock).expect("connect");
+    let req = format!(
+        "POST /v1.41/containers/create HTTP/1.1\r\nHost: berth\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    // A chunked body: keep the JSON object.
+    let body = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if a < b => body[a..=b].to_string(),
+        _ => body,
+    };
+    (status, body)
 }
