@@ -1,9 +1,13 @@
 //! Container resource statistics (`GET /containers/{id}/stats`): one sample read from the
-//! container's cgroup v1 hierarchies, `/proc/stat` and the init's network namespace, and the
-//! JSON object the docker CLI reads to compute CPU %, memory, network and block I/O.
+//! container's cgroup (v1 hierarchies in [`v1`], the unified v2 group in [`v2`]), `/proc/stat`
+//! and the init's network namespace, and the JSON object the docker CLI reads to compute CPU %,
+//! memory, network and block I/O, in the shape dockerd 20.10 gives on each cgroup version.
 //!
 //! Shared by the shim (which streams one object a second to a handed-over connection) and
 //! the daemon (which answers by itself when no shim can). Only files are read here.
+
+mod v1;
+pub mod v2;
 
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -16,22 +20,26 @@ const NS_PER_TICK: u64 = 1_000_000_000 / 100;
 /// Where the statistics of one container are read from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Source {
-    /// The cgroup v1 mount root (normally `/sys/fs/cgroup`).
+    /// The cgroup mount root (normally `/sys/fs/cgroup`).
     pub cgroup_root: PathBuf,
     /// The container's cgroup path inside each hierarchy (`<cgroup-parent>/<id>`).
     pub cgroup_path: PathBuf,
     /// The container's init pid, for its network namespace's counters (`None`: no networks).
     pub pid: Option<i32>,
+    /// The root is the unified (v2) hierarchy: one group with every controller's files.
+    pub unified: bool,
 }
 
-/// One reading of a container's counters.
+/// One reading of a container's counters (v1 file names; [`v2`] says where v2 takes each).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
+    /// Read from a cgroup v2 group (the JSON then has dockerd's v2 shape).
+    pub cgroup_v2: bool,
     /// Wall-clock time of the reading, ns since the Unix epoch.
     pub read_ns: i64,
     /// `cpuacct.usage` (ns).
     pub cpu_total: u64,
-    /// `cpuacct.usage_percpu` (ns per cpu).
+    /// `cpuacct.usage_percpu` (ns per cpu; empty on v2).
     pub percpu: Vec<u64>,
     /// `cpuacct.stat` user time (ns).
     pub cpu_user: u64,
@@ -45,19 +53,22 @@ pub struct Sample {
     pub throttling: [u64; 3],
     /// `memory.usage_in_bytes`.
     pub mem_usage: u64,
-    /// `memory.max_usage_in_bytes`.
+    /// `memory.max_usage_in_bytes` (0 on v2).
     pub mem_max_usage: u64,
     /// `memory.limit_in_bytes`, capped to the host's memory.
     pub mem_limit: u64,
+    /// `memory.failcnt` (v2: the `oom` count of `memory.events`).
+    pub mem_failcnt: u64,
     /// `memory.stat`.
     pub mem_stats: BTreeMap<String, u64>,
     /// `pids.current`.
     pub pids: u64,
     /// `pids.max` (0 = unlimited).
     pub pids_limit: u64,
-    /// `blkio.throttle.io_service_bytes` rows: major, minor, op, value.
+    /// `blkio.throttle.io_service_bytes` rows: major, minor, op, value (v2: `io.stat`'s
+    /// read and write bytes).
     pub io_bytes: Vec<(u64, u64, String, u64)>,
-    /// `blkio.throttle.io_serviced` rows.
+    /// `blkio.throttle.io_serviced` rows (none on v2).
     pub io_ops: Vec<(u64, u64, String, u64)>,
     /// Interfaces of the container's network namespace (lo excluded): rx/tx counters.
     pub networks: BTreeMap<String, [u64; 8]>,
@@ -149,81 +160,48 @@ fn host_memory() -> Option<u64> {
 }
 
 impl Source {
-    fn file(&self, controller: &str, name: &str) -> PathBuf {
-        let rel = self
-            .cgroup_path
+    /// The source of the group `cgroup_path` under `cgroup_root`, v2 when the root has
+    /// `cgroup.controllers`.
+    pub fn new(cgroup_root: &Path, cgroup_path: impl Into<PathBuf>, pid: Option<i32>) -> Self {
+        Source {
+            cgroup_root: cgroup_root.to_path_buf(),
+            cgroup_path: cgroup_path.into(),
+            pid,
+            unified: cgroup_root.join("cgroup.controllers").exists(),
+        }
+    }
+
+    /// The cgroup path relative to a hierarchy's root.
+    fn relative(&self) -> &Path {
+        self.cgroup_path
             .strip_prefix("/")
-            .unwrap_or(&self.cgroup_path);
-        self.cgroup_root.join(controller).join(rel).join(name)
+            .unwrap_or(&self.cgroup_path)
     }
 
     /// Reads one sample now. Missing files read as zero (a controller the host lacks).
     pub fn sample(&self) -> Sample {
         let read_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-        let cpu = |n| self.file("cpuacct", n);
-        let percpu = read(&cpu("cpuacct.usage_percpu"))
-            .map(|s| {
-                s.split_whitespace()
-                    .filter_map(|v| v.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let acct = read(&cpu("cpuacct.stat"))
-            .map(|s| key_values(&s))
-            .unwrap_or_default();
-        let ticks = |k: &str| {
-            acct.get(k)
-                .copied()
-                .unwrap_or(0)
-                .saturating_mul(NS_PER_TICK)
+        let mut s = if self.unified {
+            self.sample_v2()
+        } else {
+            self.sample_v1()
         };
-        let (system_cpu, online_cpus) = read(Path::new("/proc/stat"))
-            .map(|s| parse_proc_stat(&s))
+        s.read_ns = read_ns;
+        (s.system_cpu, s.online_cpus) = read(Path::new("/proc/stat"))
+            .map(|t| parse_proc_stat(&t))
             .unwrap_or((0, 0));
-        let thr = read(&self.file("cpu", "cpu.stat"))
-            .map(|s| key_values(&s))
-            .unwrap_or_default();
-        let t = |k: &str| thr.get(k).copied().unwrap_or(0);
-        let mem = |n| self.file("memory", n);
-        let raw_limit = read_u64(&mem("memory.limit_in_bytes"));
-        let mem_limit = match host_memory() {
-            Some(host) if raw_limit == 0 || raw_limit > host => host,
-            _ => raw_limit,
-        };
-        let pids_limit = read(&self.file("pids", "pids.max"))
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        let blk = |n| {
-            read(&self.file("blkio", n))
-                .map(|s| blkio_rows(&s))
-                .unwrap_or_default()
-        };
-        let networks = self
+        // dockerd: no limit (or one above the host's memory) shows as the host's memory.
+        if let Some(host) = host_memory() {
+            if s.mem_limit == 0 || s.mem_limit > host {
+                s.mem_limit = host;
+            }
+        }
+        s.networks = self
             .pid
             .and_then(|p| read(Path::new(&format!("/proc/{p}/net/dev"))))
-            .map(|s| parse_net_dev(&s))
+            .map(|t| parse_net_dev(&t))
             .unwrap_or_default();
-        Sample {
-            read_ns,
-            cpu_total: read_u64(&cpu("cpuacct.usage")),
-            percpu,
-            cpu_user: ticks("user"),
-            cpu_kernel: ticks("system"),
-            system_cpu,
-            online_cpus,
-            throttling: [t("nr_periods"), t("nr_throttled"), t("throttled_time")],
-            mem_usage: read_u64(&mem("memory.usage_in_bytes")),
-            mem_max_usage: read_u64(&mem("memory.max_usage_in_bytes")),
-            mem_limit,
-            mem_stats: read(&mem("memory.stat"))
-                .map(|s| key_values(&s))
-                .unwrap_or_default(),
-            pids: read_u64(&self.file("pids", "pids.current")),
-            pids_limit,
-            io_bytes: blk("blkio.throttle.io_service_bytes"),
-            io_ops: blk("blkio.throttle.io_serviced"),
-            networks,
-        }
+        s
     }
 }
 
@@ -237,13 +215,17 @@ fn rfc3339(ns: i64) -> String {
 fn cpu_json(s: Option<&Sample>) -> Value {
     let d = Sample::default();
     let s = s.unwrap_or(&d);
+    let mut usage = json!({
+        "total_usage": s.cpu_total,
+        "usage_in_kernelmode": s.cpu_kernel,
+        "usage_in_usermode": s.cpu_user,
+    });
+    // `omitempty` in dockerd: absent on v2 and before the first sample.
+    if !s.percpu.is_empty() {
+        usage["percpu_usage"] = json!(s.percpu);
+    }
     json!({
-        "cpu_usage": {
-            "total_usage": s.cpu_total,
-            "percpu_usage": s.percpu,
-            "usage_in_kernelmode": s.cpu_kernel,
-            "usage_in_usermode": s.cpu_user,
-        },
+        "cpu_usage": usage,
         "system_cpu_usage": s.system_cpu,
         "online_cpus": s.online_cpus,
         "throttling_data": {
@@ -292,11 +274,22 @@ pub fn to_json(name: &str, id: &str, cur: Option<&Sample>, pre: Option<&Sample>)
             json!({"current": s.pids})
         },
     );
+    // v2: dockerd fills only the bytes (null without devices), the rest stays null.
+    let (bytes, ops) = if s.cgroup_v2 {
+        let bytes = if s.io_bytes.is_empty() {
+            Value::Null
+        } else {
+            blkio_json(&s.io_bytes)
+        };
+        (bytes, Value::Null)
+    } else {
+        (blkio_json(&s.io_bytes), blkio_json(&s.io_ops))
+    };
     v.insert(
         "blkio_stats".into(),
         json!({
-            "io_service_bytes_recursive": blkio_json(&s.io_bytes),
-            "io_serviced_recursive": blkio_json(&s.io_ops),
+            "io_service_bytes_recursive": bytes,
+            "io_serviced_recursive": ops,
             "io_queue_recursive": null,
             "io_service_time_recursive": null,
             "io_wait_time_recursive": null,
@@ -310,12 +303,19 @@ pub fn to_json(name: &str, id: &str, cur: Option<&Sample>, pre: Option<&Sample>)
     v.insert(
         "memory_stats".into(),
         if cur.is_some() {
-            json!({
+            let mut m = json!({
                 "usage": s.mem_usage,
-                "max_usage": s.mem_max_usage,
-                "limit": s.mem_limit,
                 "stats": s.mem_stats,
-            })
+                "limit": s.mem_limit,
+            });
+            // `omitempty` in dockerd: v2 has no max_usage; failcnt shows once it counts.
+            if s.mem_max_usage > 0 {
+                m["max_usage"] = json!(s.mem_max_usage);
+            }
+            if s.mem_failcnt > 0 {
+                m["failcnt"] = json!(s.mem_failcnt);
+            }
+            m
         } else {
             json!({})
         },
@@ -381,11 +381,8 @@ mod tests {
             "cache 10\ntotal_inactive_file 5\n",
         )?;
         std::fs::write(dir("pids").join("pids.current"), "3\n")?;
-        let src = Source {
-            cgroup_root: root.path().to_path_buf(),
-            cgroup_path: "/parent/abc".into(),
-            pid: None,
-        };
+        let src = Source::new(root.path(), "/parent/abc", None);
+        assert!(!src.unified);
         let s = src.sample();
         assert_eq!(s.cpu_total, 1500);
         assert_eq!(s.percpu, vec![1000, 500]);

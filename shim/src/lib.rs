@@ -12,6 +12,7 @@
 //! created init holds a copy of the pipe until it starts).
 
 mod attach;
+mod cgfix;
 pub mod config;
 mod detach;
 mod exec;

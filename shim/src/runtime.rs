@@ -201,7 +201,7 @@ pub fn create_init(
             .with_stdout(io.stdout)
             .with_stderr(io.stderr);
     }
-    let container = b
+    let mut container = b
         .as_init(&cfg.bundle)
         .with_systemd(false)
         .with_detach(true)
@@ -214,35 +214,12 @@ pub fn create_init(
                 .unwrap_or_default();
             failure(error_chain(&e), &spec, &cfg.bundle, &cwd, &first_arg(&spec))
         })?;
-    if let Err(e) = disable_oom_killer(&spec, Path::new("/sys/fs/cgroup")) {
-        tracing::warn!(error = %e, "container keeps the kernel's OOM killer");
+    // What libcontainer leaves out of the cgroup, before the init runs.
+    if let Err(e) = crate::cgfix::apply(&spec, Path::new("/sys/fs/cgroup")) {
+        let _ = container.delete(true);
+        return Err(format!("unable to apply cgroup configuration: {e}"));
     }
     Ok(container)
-}
-
-/// libcontainer 0.7 never applies the spec's `disableOOMKiller`: write cgroup v1's
-/// `memory.oom_control` while the init is still blocked in "created" (v2 has no such
-/// switch; the file is then absent and nothing is written).
-pub fn disable_oom_killer(spec: &Spec, cgroup_root: &Path) -> Result<(), String> {
-    let wanted = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.resources().as_ref())
-        .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.disable_oom_killer())
-        .unwrap_or(false);
-    let Some(rel) = cgroups_path(spec).filter(|_| wanted) else {
-        return Ok(());
-    };
-    let file = cgroup_root
-        .join("memory")
-        .join(rel.strip_prefix("/").unwrap_or(&rel))
-        .join("memory.oom_control");
-    if !file.exists() {
-        return Ok(());
-    }
-    std::fs::write(&file, "1")
-        .map_err(|e| format!("disable the OOM killer: write {}: {e}", file.display()))
 }
 
 /// The process description of an exec, derived from the init's process.
@@ -389,42 +366,6 @@ mod tests {
             caps.bounding().clone(),
             Some(crate::exec_seccomp::held_capabilities(ALL_CAPS)?)
         );
-        Ok(())
-    }
-
-    #[test]
-    fn the_oom_killer_switch_is_written_when_the_spec_asks() -> Result<()> {
-        use libcontainer::oci_spec::runtime::{
-            LinuxBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, SpecBuilder,
-        };
-        let t = tempfile::tempdir()?;
-        let group = t.path().join("memory/pool/c");
-        std::fs::create_dir_all(&group)?;
-        std::fs::write(group.join("memory.oom_control"), "0")?;
-        let spec = |disable: bool| -> Result<Spec> {
-            let mem = LinuxMemoryBuilder::default()
-                .disable_oom_killer(disable)
-                .build()?;
-            let res = LinuxResourcesBuilder::default().memory(mem).build()?;
-            let linux = LinuxBuilder::default()
-                .cgroups_path(PathBuf::from("/pool/c"))
-                .resources(res)
-                .build()?;
-            Ok(SpecBuilder::default().linux(linux).build()?)
-        };
-        disable_oom_killer(&spec(false)?, t.path()).map_err(anyhow::Error::msg)?;
-        assert_eq!(
-            std::fs::read_to_string(group.join("memory.oom_control"))?,
-            "0"
-        );
-        disable_oom_killer(&spec(true)?, t.path()).map_err(anyhow::Error::msg)?;
-        assert_eq!(
-            std::fs::read_to_string(group.join("memory.oom_control"))?,
-            "1"
-        );
-        // no v1 memory file (cgroup v2): nothing to write
-        std::fs::remove_file(group.join("memory.oom_control"))?;
-        disable_oom_killer(&spec(true)?, t.path()).map_err(anyhow::Error::msg)?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use berth_api::shim::{ShimStatus, StatsParams};
 use berth_api::stats::{to_json, to_line, Sample, Source};
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -38,11 +38,11 @@ async fn pause_for(shim: &Shim, sock: &FdIo, d: Duration) -> bool {
 pub async fn serve_stats(shim: Rc<Shim>, fd: OwnedFd, p: StatsParams) -> io::Result<()> {
     let _guard = shim.stream_guard();
     let sock = FdIo::new(fd)?;
-    let src = Source {
-        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
-        cgroup_path: shim.cgroups_path.clone().unwrap_or_default(),
-        pid: Some(shim.init_pid),
-    };
+    let src = Source::new(
+        Path::new("/sys/fs/cgroup"),
+        shim.cgroups_path.clone().unwrap_or_default(),
+        Some(shim.init_pid),
+    );
     let id = shim.cfg.id.clone();
     let mut pre: Option<Sample> = None;
     if !p.stream && !p.one_shot && running(&shim) {

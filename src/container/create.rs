@@ -216,19 +216,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 impl Containers {
-    /// Creates a container; returns its record.
+    /// Creates a container; returns its record and dockerd's warnings for the response.
     pub fn create(
         &self,
         name: Option<&str>,
         mut body: ContainerCreateBody,
         image: (String, ImageDefaults),
-    ) -> ApiResult<Record> {
+    ) -> ApiResult<(Record, Vec<String>)> {
         let name = match name.filter(|n| !n.is_empty()) {
             Some(n) => Some(validate_name(n)?),
             None => None,
         };
         let mut hc = body.host_config.take().unwrap_or_default();
         fill_host_config(&mut hc, &self.paths.log_opts)?;
+        // dockerd's resource checks against the host, before anything exists.
+        let warnings = super::spec::verify::verify(&mut hc, super::spec::HostInfo::get())?;
         let networking = body.networking_config.take();
         // dockerd's validateContainerConfig: a stop signal it cannot parse is refused (400).
         if let Some(sig) = body.stop_signal.as_deref().filter(|s| !s.is_empty()) {
@@ -317,7 +319,7 @@ impl Containers {
         std::fs::create_dir_all(&dir)
             .map_err(|e| ApiError::internal(&format!("create {}", dir.display()), e))?;
         self.event(&rec, "create", &[]);
-        Ok(rec)
+        Ok((rec, warnings))
     }
 }
 

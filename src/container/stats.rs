@@ -11,7 +11,7 @@ use crate::server::http::{chunk, Response, LAST_CHUNK};
 use berth_api::shim::{ShimRequest, StatsParams};
 use berth_api::stats::{to_json, to_line, Source};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 impl Containers {
@@ -57,11 +57,8 @@ impl Containers {
                         .as_ref()
                         .filter(|r| r.state.status.is_live())
                         .map(|r| r.state.pid);
-                    let src = Source {
-                        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
-                        cgroup_path: PathBuf::from(me.paths.cgroup_path(&id)),
-                        pid,
-                    };
+                    let src =
+                        Source::new(Path::new("/sys/fs/cgroup"), me.paths.cgroup_path(&id), pid);
                     let name = params.name;
                     let body = tokio::task::spawn_blocking(move || {
                         let cur = pid.map(|_| src.sample());

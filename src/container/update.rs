@@ -290,7 +290,7 @@ impl Containers {
         let merged = merge(&rec.host_config, &req.body, host.swap_limit)
             .map_err(|m| ApiError::Conflict(cannot(&id, m)))?;
         // The result must still start: the create-time checks of the merged values.
-        super::spec::resources::resources(&merged, host.swap_limit)?;
+        super::spec::resources::resources(&merged, super::spec::HostInfo::get())?;
         let mut live = if rec.state.status.is_live() {
             live_limits(&req.body)
         } else {

@@ -177,10 +177,13 @@ async fn create(d: &Daemon, req: Request) -> ApiResult<Response> {
     }
     let img = d.images.resolve(&image_ref)?;
     let defaults = crate::container::create::image_defaults(&img);
-    let rec = d
+    let (rec, warnings) = d
         .containers
         .create(name.as_deref(), body, (img.id.clone(), defaults))?;
-    Ok(Response::json(201, &json!({"Id": rec.id, "Warnings": []})))
+    Ok(Response::json(
+        201,
+        &json!({"Id": rec.id, "Warnings": warnings}),
+    ))
 }
 
 /// `POST /berth/containers/{id}/egress` with `{"Rate": "50mbit", "Burst": "64kb"}`:

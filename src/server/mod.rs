@@ -111,6 +111,9 @@ impl Daemon {
             .context("set up networking")?,
         );
         let t_net = t0.elapsed();
+        // The host's cgroup features, read once: create and start check resources against them.
+        let host = crate::container::spec::HostInfo::get();
+        tracing::debug!(cgroup_v2 = host.cgroup_v2, cgroups = ?host.cgroups, ncpu = host.ncpu, "host features");
         let paths = Paths {
             data_root: config.data_root.clone(),
             exec_root: config.exec_root.clone(),

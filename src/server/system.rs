@@ -107,12 +107,46 @@ fn mem_total() -> u64 {
         .unwrap_or(0)
 }
 
-fn cgroup_version() -> &'static str {
-    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        "2"
-    } else {
-        "1"
+/// dockerd's `Warnings` of `GET /info` for the cgroup features this host lacks.
+fn cgroup_warnings(host: &crate::container::spec::HostInfo) -> Vec<&'static str> {
+    let c = &host.cgroups;
+    if host.cgroup_v2 {
+        return Vec::new();
     }
+    [
+        (c.memory_limit, "WARNING: No memory limit support"),
+        (c.swap_limit, "WARNING: No swap limit support"),
+        (c.oom_kill_disable, "WARNING: No oom kill disable support"),
+        (c.cpu_cfs, "WARNING: No cpu cfs quota support"),
+        (c.cpu_cfs, "WARNING: No cpu cfs period support"),
+        (c.cpu_shares, "WARNING: No cpu shares support"),
+        (c.cpuset, "WARNING: No cpuset support"),
+        (c.blkio_weight, "WARNING: No blkio weight support"),
+        (
+            c.blkio_weight_device,
+            "WARNING: No blkio weight_device support",
+        ),
+        (
+            c.blkio_read_bps,
+            "WARNING: No blkio throttle.read_bps_device support",
+        ),
+        (
+            c.blkio_write_bps,
+            "WARNING: No blkio throttle.write_bps_device support",
+        ),
+        (
+            c.blkio_read_iops,
+            "WARNING: No blkio throttle.read_iops_device support",
+        ),
+        (
+            c.blkio_write_iops,
+            "WARNING: No blkio throttle.write_iops_device support",
+        ),
+    ]
+    .into_iter()
+    .filter(|(ok, _)| !ok)
+    .map(|(_, w)| w)
+    .collect()
 }
 
 /// `GET /info`.
@@ -123,6 +157,9 @@ pub fn info(d: &Daemon) -> ApiResult<Response> {
     let ncpu = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let host = crate::container::spec::HostInfo::get();
+    let cg = &host.cgroups;
+    let warnings = cgroup_warnings(host);
     Ok(Response::json(
         200,
         &json!({
@@ -131,12 +168,12 @@ pub fn info(d: &Daemon) -> ApiResult<Response> {
             "Driver": "overlay2",
             "DriverStatus": [["Backing Filesystem", "extfs"], ["Supports d_type", "true"], ["Native Overlay Diff", "true"], ["userxattr", "false"]],
             "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "null"], "Authorization": null, "Log": ["json-file"]},
-            "MemoryLimit": true, "SwapLimit": true, "KernelMemory": false, "KernelMemoryTCP": false,
-            "CpuCfsPeriod": true, "CpuCfsQuota": true, "CPUShares": true, "CPUSet": true, "PidsLimit": true,
+            "MemoryLimit": cg.memory_limit, "SwapLimit": cg.swap_limit, "KernelMemory": false, "KernelMemoryTCP": false,
+            "CpuCfsPeriod": cg.cpu_cfs, "CpuCfsQuota": cg.cpu_cfs, "CPUShares": cg.cpu_shares, "CPUSet": cg.cpuset, "PidsLimit": cg.pids,
             "IPv4Forwarding": true, "BridgeNfIptables": false, "BridgeNfIp6tables": false,
-            "Debug": false, "NFd": 0, "OomKillDisable": true, "NGoroutines": 0,
+            "Debug": false, "NFd": 0, "OomKillDisable": cg.oom_kill_disable, "NGoroutines": 0,
             "SystemTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            "LoggingDriver": "json-file", "CgroupDriver": "cgroupfs", "CgroupVersion": cgroup_version(),
+            "LoggingDriver": "json-file", "CgroupDriver": "cgroupfs", "CgroupVersion": if host.cgroup_v2 { "2" } else { "1" },
             "NEventsListener": 0, "KernelVersion": kernel, "OperatingSystem": os_name, "OSVersion": os_version,
             "OSType": "linux", "Architecture": machine, "IndexServerAddress": "https://index.docker.io/v1/",
             "RegistryConfig": {"AllowNondistributableArtifactsCIDRs": [], "AllowNondistributableArtifactsHostnames": [],
@@ -152,7 +189,8 @@ pub fn info(d: &Daemon) -> ApiResult<Response> {
             "LiveRestoreEnabled": true, "Isolation": "", "InitBinary": "",
             "ContainerdCommit": {"ID": "", "Expected": ""}, "RuncCommit": {"ID": "libcontainer-0.7", "Expected": "libcontainer-0.7"},
             "InitCommit": {"ID": "", "Expected": ""},
-            "SecurityOptions": ["name=seccomp,profile=default"], "Warnings": null
+            "SecurityOptions": ["name=seccomp,profile=default"],
+            "Warnings": (!warnings.is_empty()).then_some(warnings)
         }),
     ))
 }

@@ -3,6 +3,7 @@
 //! docker CLI. Everything is torn down on drop, also when the test fails.
 #![allow(dead_code)]
 
+pub mod cgroups;
 pub mod pty;
 pub mod usernet;
 

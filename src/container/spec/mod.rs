@@ -2,19 +2,23 @@
 //! `HostConfig` into the [`Spec`] that `berth-shim` hands to libcontainer, with dockerd 20.10's
 //! security defaults (capabilities, seccomp, masked paths, device rules).
 //!
-//! [`build`] reads the host (cgroup version, kernel, capabilities) once through [`HostInfo`];
-//! [`build_with`] takes it explicitly so tests can pin it.
+//! [`build`] uses the host's facts (cgroup features, kernel, capabilities) read once through
+//! [`HostInfo`]; [`build_with`] takes them explicitly so tests can pin them. [`verify`] holds
+//! dockerd's resource checks, run at create and again at start.
 
 pub mod binds;
 pub mod caps;
 pub mod devices;
+pub mod host;
 pub mod mounts;
 pub mod process;
 pub mod resources;
 pub mod seccomp;
 pub mod security;
 pub mod user;
+pub mod verify;
 
+pub use host::{CgroupCaps, HostInfo};
 pub use process::{merge_env, process_args};
 pub use user::{resolve_user, user_home};
 
@@ -62,67 +66,6 @@ pub struct SpecInput<'a> {
     pub lxcfs: Option<&'a Path>,
 }
 
-/// Facts about the host the spec depends on.
-#[derive(Debug, Clone)]
-pub struct HostInfo {
-    /// `/sys/fs/cgroup` is the unified (v2) hierarchy.
-    pub cgroup_v2: bool,
-    /// Swap can be limited (v1 `memory.memsw.*` exists, or v2 has the memory controller).
-    pub swap_limit: bool,
-    /// Highest capability number the kernel knows.
-    pub cap_last_cap: u32,
-    /// Capabilities this daemon holds (`CapEff` of `/proc/self/status`) as a bit mask: the
-    /// most a container can get.
-    pub cap_held: u64,
-    /// Kernel version (major, minor).
-    pub kernel: (u32, u32),
-    /// `net.ipv4.ping_group_range` exists.
-    pub ping_group_range: bool,
-    /// `net.ipv4.ip_unprivileged_port_start` exists.
-    pub unprivileged_port_start: bool,
-    /// Where privileged containers take their devices from (`/dev`).
-    pub dev_dir: PathBuf,
-}
-
-impl HostInfo {
-    /// Reads the running host.
-    pub fn detect() -> Self {
-        let read = |p: &str| std::fs::read_to_string(p).ok();
-        let cgroup_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-        let swap_limit = if cgroup_v2 {
-            read("/sys/fs/cgroup/cgroup.controllers")
-                .is_some_and(|c| c.split_whitespace().any(|x| x == "memory"))
-        } else {
-            Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
-        };
-        HostInfo {
-            cgroup_v2,
-            swap_limit,
-            cap_last_cap: read("/proc/sys/kernel/cap_last_cap")
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(40),
-            cap_held: read("/proc/self/status")
-                .and_then(|s| parse_cap_eff(&s))
-                .unwrap_or(u64::MAX),
-            kernel: read("/proc/sys/kernel/osrelease")
-                .and_then(|s| seccomp::parse_kernel(&s))
-                .unwrap_or((0, 0)),
-            ping_group_range: Path::new("/proc/sys/net/ipv4/ping_group_range").exists(),
-            unprivileged_port_start: Path::new("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-                .exists(),
-            dev_dir: PathBuf::from("/dev"),
-        }
-    }
-}
-
-/// The `CapEff:` mask of a `/proc/<pid>/status` text.
-fn parse_cap_eff(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-}
-
 /// Paths hidden from non-privileged containers (dockerd's default `MaskedPaths`).
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/asound",
@@ -154,7 +97,7 @@ pub const READONLY_PATHS: &[&str] = &[
 /// container user). Input errors are 400 with dockerd's wording; `container:` namespace modes
 /// and user namespaces are 501.
 pub fn build(input: &SpecInput) -> ApiResult<Spec> {
-    build_with(input, &HostInfo::detect())
+    build_with(input, HostInfo::get())
 }
 
 fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
@@ -319,7 +262,7 @@ pub fn build_with(input: &SpecInput, host: &HostInfo) -> ApiResult<Spec> {
     let (mounts, propagation) = mounts::build_mounts(input, privileged)?;
 
     // Devices and resources.
-    let mut res = resources::resources(hc, host.swap_limit)?;
+    let mut res = resources::resources(hc, host)?;
     let mut devs = Vec::new();
     let mut rules;
     if privileged {

@@ -1,5 +1,8 @@
-//! Cgroup resources from `HostConfig` (memory, CPU, pids, blkio) as dockerd converts them.
+//! Cgroup resources from `HostConfig` (memory, CPU, pids, blkio) as dockerd converts them;
+//! the checks against the host are [`super::verify`]'s.
 
+use super::host::HostInfo;
+use super::verify::verify;
 use crate::error::{ApiError, ApiResult};
 use berth_api::models;
 use oci_spec::runtime::{
@@ -10,36 +13,14 @@ use std::os::unix::fs::MetadataExt;
 
 /// CFS period dockerd uses for `--cpus` (100 ms).
 pub const CPU_PERIOD_US: u64 = 100_000;
-/// Smallest memory limit dockerd accepts (6 MiB).
-const MIN_MEMORY: i64 = 6 << 20;
 
-fn bad(msg: &str) -> ApiError {
-    ApiError::BadRequest(msg.to_string())
-}
-
-/// The memory part. `swap_limit` says whether the host accounts swap (v1 `memsw` files); without
-/// it the swap limit is dropped, as dockerd does with a warning.
-fn memory(hc: &models::HostConfig, swap_limit: bool) -> ApiResult<Option<LinuxMemory>> {
+/// The memory part (checked by [`verify`] first). `swap_limit` says whether the host accounts
+/// swap (v1 `memsw` files); without it no swap limit is written.
+fn memory(hc: &models::HostConfig, swap_limit: bool) -> Option<LinuxMemory> {
     let mem = hc.memory.unwrap_or(0);
     let mut swap = hc.memory_swap.unwrap_or(0);
-    if mem < 0 || hc.memory_reservation.unwrap_or(0) < 0 {
-        return Err(bad("invalid memory limit: must not be negative"));
-    }
-    if mem > 0 && mem < MIN_MEMORY {
-        return Err(bad("Minimum memory limit allowed is 6MB"));
-    }
-    if mem == 0 && swap > 0 {
-        return Err(bad(
-            "You should always set the Memory limit when using Memoryswap limit, see usage",
-        ));
-    }
-    if mem > 0 && swap > 0 && swap < mem {
-        return Err(bad(
-            "Minimum memoryswap limit should be larger than memory limit, see usage",
-        ));
-    }
     if mem > 0 && swap == 0 {
-        swap = mem * 2;
+        swap = mem.saturating_mul(2);
     }
     let mut out = LinuxMemory::default();
     let mut any = false;
@@ -55,17 +36,9 @@ fn memory(hc: &models::HostConfig, swap_limit: bool) -> ApiResult<Option<LinuxMe
         out.set_swap(Some(swap));
         any = true;
     }
-    match hc.memory_swappiness {
-        None | Some(-1) => {}
-        Some(s) if (0..=100).contains(&s) => {
-            out.set_swappiness(Some(s as u64));
-            any = true;
-        }
-        Some(s) => {
-            return Err(ApiError::BadRequest(format!(
-                "Invalid value: {s}, valid memory swappiness range is 0-100"
-            )))
-        }
+    if let Some(s) = hc.memory_swappiness.filter(|s| (0..=100).contains(s)) {
+        out.set_swappiness(Some(s as u64));
+        any = true;
     }
     if let Some(d) = hc.oom_kill_disable {
         out.set_disable_oom_killer(Some(d));
@@ -75,35 +48,14 @@ fn memory(hc: &models::HostConfig, swap_limit: bool) -> ApiResult<Option<LinuxMe
         out.set_kernel_tcp(Some(t));
         any = true;
     }
-    Ok(any.then_some(out))
+    any.then_some(out)
 }
 
 /// The CPU part: shares, `--cpus` as quota/period, explicit period/quota, cpusets, realtime.
-fn cpu(hc: &models::HostConfig) -> ApiResult<Option<LinuxCpu>> {
+fn cpu(hc: &models::HostConfig) -> Option<LinuxCpu> {
     let nano = hc.nano_cpus.unwrap_or(0);
     let period = hc.cpu_period.unwrap_or(0);
     let quota = hc.cpu_quota.unwrap_or(0);
-    if nano < 0 || period < 0 || hc.cpu_shares.unwrap_or(0) < 0 {
-        return Err(bad("invalid CPU value: must not be negative"));
-    }
-    if nano > 0 && period > 0 {
-        return Err(bad(
-            "Conflicting options: Nano CPUs and CPU Period cannot both be set",
-        ));
-    }
-    if nano > 0 && quota > 0 {
-        return Err(bad(
-            "Conflicting options: Nano CPUs and CPU Quota cannot both be set",
-        ));
-    }
-    if period != 0 && !(1000..=1_000_000).contains(&period) {
-        return Err(bad(
-            "CPU cfs period can not be less than 1ms (i.e. 1000) or larger than 1s (i.e. 1000000)",
-        ));
-    }
-    if quota > 0 && quota < 1000 {
-        return Err(bad("CPU cfs quota can not be less than 1ms (i.e. 1000)"));
-    }
     let mut out = LinuxCpu::default();
     let mut any = false;
     if let Some(s) = hc.cpu_shares.filter(|s| *s > 0) {
@@ -141,7 +93,7 @@ fn cpu(hc: &models::HostConfig) -> ApiResult<Option<LinuxCpu>> {
         out.set_realtime_runtime(Some(r));
         any = true;
     }
-    Ok(any.then_some(out))
+    any.then_some(out)
 }
 
 /// Major and minor numbers of a block/char device node on the host.
@@ -176,9 +128,6 @@ fn blkio(hc: &models::HostConfig) -> ApiResult<Option<LinuxBlockIo>> {
     let mut out = LinuxBlockIo::default();
     let mut any = false;
     if let Some(w) = hc.blkio_weight.filter(|w| *w > 0) {
-        if !(10..=1000).contains(&w) {
-            return Err(bad("Range of blkio weight is from 10 to 1000"));
-        }
         out.set_weight(Some(w));
         any = true;
     }
@@ -221,11 +170,15 @@ fn blkio(hc: &models::HostConfig) -> ApiResult<Option<LinuxBlockIo>> {
     Ok(any.then_some(out))
 }
 
-/// `HostConfig` resources as the spec's `linux.resources` (devices are added separately).
-pub fn resources(hc: &models::HostConfig, swap_limit: bool) -> ApiResult<LinuxResources> {
+/// `HostConfig` resources as the spec's `linux.resources` (devices are added separately),
+/// after dockerd's checks against `host` ([`verify`], as dockerd repeats them at start).
+pub fn resources(hc: &models::HostConfig, host: &HostInfo) -> ApiResult<LinuxResources> {
+    let mut hc = hc.clone();
+    verify(&mut hc, host)?;
+    let hc = &hc;
     let mut r = LinuxResources::default();
-    r.set_memory(memory(hc, swap_limit)?);
-    r.set_cpu(cpu(hc)?);
+    r.set_memory(memory(hc, host.cgroups.swap_limit));
+    r.set_cpu(cpu(hc));
     r.set_block_io(blkio(hc)?);
     // dockerd: 0 or negative means "unlimited", written as -1.
     r.set_pids(hc.pids_limit.map(|l| {
@@ -239,6 +192,18 @@ pub fn resources(hc: &models::HostConfig, swap_limit: bool) -> ApiResult<LinuxRe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container::spec::CgroupCaps;
+
+    /// A host with every cgroup feature; `swap` says whether swap is accounted.
+    fn host(swap: bool) -> HostInfo {
+        let mut h = HostInfo::detect_in(std::path::Path::new("/nonexistent"));
+        h.cgroups = CgroupCaps {
+            swap_limit: swap,
+            ..CgroupCaps::everything()
+        };
+        h.ncpu = 4;
+        h
+    }
 
     #[test]
     fn memory_limits_and_default_swap() {
@@ -246,12 +211,12 @@ mod tests {
             memory: Some(64 << 20),
             ..Default::default()
         };
-        let r = resources(&hc, true).expect("should succeed");
+        let r = resources(&hc, &host(true)).expect("should succeed");
         let m = r.memory().expect("should succeed");
         assert_eq!(m.limit(), Some(64 << 20));
         assert_eq!(m.swap(), Some(128 << 20));
         // no swap accounting on the host: swap dropped
-        let r = resources(&hc, false).expect("should succeed");
+        let r = resources(&hc, &host(false)).expect("should succeed");
         assert_eq!(r.memory().expect("should succeed").swap(), None);
         // unlimited swap
         let hc = models::HostConfig {
@@ -260,7 +225,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            resources(&hc, true)
+            resources(&hc, &host(true))
                 .expect("should succeed")
                 .memory()
                 .expect("should succeed")
@@ -277,7 +242,7 @@ mod tests {
             oom_kill_disable: Some(true),
             ..Default::default()
         };
-        let m = resources(&hc, true)
+        let m = resources(&hc, &host(true))
             .expect("should succeed")
             .memory()
             .expect("should succeed");
@@ -286,7 +251,11 @@ mod tests {
         assert_eq!(m.disable_oom_killer(), Some(true));
         assert_eq!(m.limit(), None);
 
-        let e = |hc: models::HostConfig| resources(&hc, true).expect_err("should fail").to_string();
+        let e = |hc: models::HostConfig| {
+            resources(&hc, &host(true))
+                .expect_err("should fail")
+                .to_string()
+        };
         assert_eq!(
             e(models::HostConfig {
                 memory: Some(1 << 20),
@@ -305,7 +274,7 @@ mod tests {
             ..Default::default()
         })
         .contains("larger than memory limit"));
-        assert!(resources(&models::HostConfig::default(), true)
+        assert!(resources(&models::HostConfig::default(), &host(true))
             .expect("should succeed")
             .memory()
             .is_none());
@@ -318,7 +287,7 @@ mod tests {
             cpu_shares: Some(512),
             ..Default::default()
         };
-        let c = resources(&hc, true)
+        let c = resources(&hc, &host(true))
             .expect("should succeed")
             .cpu()
             .clone()
@@ -335,7 +304,7 @@ mod tests {
             cpuset_mems: Some("0".into()),
             ..Default::default()
         };
-        let c = resources(&hc, true)
+        let c = resources(&hc, &host(true))
             .expect("should succeed")
             .cpu()
             .clone()
@@ -352,10 +321,12 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            resources(&both, true).expect_err("should fail").status(),
+            resources(&both, &host(true))
+                .expect_err("should fail")
+                .status(),
             400
         );
-        assert!(resources(&models::HostConfig::default(), true)
+        assert!(resources(&models::HostConfig::default(), &host(true))
             .expect("should succeed")
             .cpu()
             .is_none());
@@ -368,7 +339,7 @@ mod tests {
             blkio_weight: Some(300),
             ..Default::default()
         };
-        let r = resources(&hc, true).expect("should succeed");
+        let r = resources(&hc, &host(true)).expect("should succeed");
         assert_eq!(r.pids().expect("should succeed").limit(), 100);
         assert_eq!(
             r.block_io().clone().expect("should succeed").weight(),
@@ -379,7 +350,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            resources(&hc, true)
+            resources(&hc, &host(true))
                 .expect("should succeed")
                 .pids()
                 .expect("should succeed")
@@ -390,8 +361,8 @@ mod tests {
             blkio_weight: Some(5),
             ..Default::default()
         };
-        assert!(resources(&hc, true).is_err());
-        assert!(resources(&models::HostConfig::default(), true)
+        assert!(resources(&hc, &host(true)).is_err());
+        assert!(resources(&models::HostConfig::default(), &host(true))
             .expect("should succeed")
             .pids()
             .is_none());
@@ -406,7 +377,7 @@ mod tests {
             }]),
             ..Default::default()
         };
-        let b = resources(&hc, true)
+        let b = resources(&hc, &host(true))
             .expect("should succeed")
             .block_io()
             .clone()
@@ -423,6 +394,11 @@ mod tests {
             }]),
             ..Default::default()
         };
-        assert_eq!(resources(&hc, true).expect_err("should fail").status(), 400);
+        assert_eq!(
+            resources(&hc, &host(true))
+                .expect_err("should fail")
+                .status(),
+            400
+        );
     }
 }

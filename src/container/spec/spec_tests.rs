@@ -36,13 +36,15 @@ impl Fixture {
 fn host() -> HostInfo {
     HostInfo {
         cgroup_v2: false,
-        swap_limit: true,
+        cgroups: CgroupCaps::everything(),
+        ncpu: 2,
         cap_last_cap: 40,
         cap_held: u64::MAX,
         kernel: (6, 1),
         ping_group_range: true,
         unprivileged_port_start: true,
         dev_dir: PathBuf::from("/dev"),
+        sys_dir: PathBuf::from("/sys"),
     }
 }
 
@@ -260,7 +262,7 @@ fn privileged_opens_everything() {
     assert_eq!(bounding.len(), 40);
     assert!(!bounding.contains(&Capability::SysResource));
     assert_eq!(
-        parse_cap_eff("CapPrm:\t0000000000000001\nCapEff:\t000001fffeffffff\n"),
+        host::parse_cap_eff("CapPrm:\t0000000000000001\nCapEff:\t000001fffeffffff\n"),
         Some(0x1ff_feff_ffff)
     );
     let l = linux(&s);
