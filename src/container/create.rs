@@ -230,6 +230,11 @@ impl Containers {
         let mut hc = body.host_config.take().unwrap_or_default();
         fill_host_config(&mut hc, &self.paths.log_opts)?;
         // dockerd's resource checks against the host, before anything exists.
+        // Another container's exclusive cores are named before dockerd's availability
+        // check: that message says more (and with a fake topology the host has fewer CPUs).
+        if let Some(list) = hc.cpuset_cpus.as_deref().filter(|l| !l.is_empty()) {
+            self.check_cpuset_update("", list)?;
+        }
         let warnings = super::spec::verify::verify(&mut hc, super::spec::HostInfo::get())?;
         let networking = body.networking_config.take();
         // dockerd's validateContainerConfig: a stop signal it cannot parse is refused (400).
