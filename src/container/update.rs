@@ -277,7 +277,7 @@ impl Containers {
     ) -> ApiResult<Vec<String>> {
         let id = self.lookup(name)?.id;
         let cg = Cgroups::detect();
-        let host = HostLimits::detect(&cg);
+        let host = HostLimits::from_host(super::spec::HostInfo::get(), &cg);
         let warnings = verify(&mut req, &host)?;
         let _g = self.lock(&id).await;
         let rec = self.lookup(&id)?;

@@ -300,32 +300,3 @@ fn cpu_lists_parse_like_moby() {
     assert_eq!(parse_cpu_list("a"), None);
     assert_eq!(parse_cpu_list("1,"), None);
 }
-
-#[test]
-fn host_limits_read_a_v1_tree() {
-    let t = tempfile::tempdir().expect("tmp");
-    let root = t.path();
-    for (c, f, v) in [
-        ("cpuset", "cpuset.cpus", "0-3\n"),
-        ("cpuset", "cpuset.mems", "0\n"),
-        ("memory", "memory.memsw.limit_in_bytes", "1\n"),
-        ("cpu", "cpu.rt_runtime_us", "0\n"),
-    ] {
-        std::fs::create_dir_all(root.join(c)).expect("mkdir");
-        std::fs::write(root.join(c).join(f), v).expect("seed");
-    }
-    let h = HostLimits::detect(&Cgroups::new(crate::resources::Version::V1, root.into()));
-    assert_eq!((h.cpus.as_str(), h.mems.as_str()), ("0-3", "0"));
-    assert!(h.swap_limit && h.cpu_realtime);
-    assert!(!h.blkio_weight && !h.kernel_memory);
-    assert!(h.ncpu >= 1);
-    std::fs::write(
-        root.join("cgroup.controllers"),
-        "cpuset cpu io memory pids\n",
-    )
-    .expect("seed");
-    std::fs::write(root.join("cpuset.cpus.effective"), "0-7\n").expect("seed");
-    let h = HostLimits::detect(&Cgroups::at(root.into()));
-    assert_eq!(h.cpus, "0-7");
-    assert!(h.swap_limit && h.blkio_weight && !h.cpu_realtime);
-}

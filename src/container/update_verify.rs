@@ -32,42 +32,19 @@ pub struct HostLimits {
 }
 
 impl HostLimits {
-    /// Reads the host behind `cg`.
-    pub fn detect(cg: &Cgroups) -> Self {
-        let ncpu = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
-            .map(|set| {
-                (0..nix::sched::CpuSet::count())
-                    .filter(|i| set.is_set(*i).unwrap_or(false))
-                    .count()
-            })
-            .unwrap_or(1)
-            .max(1);
-        let first_line = |c: &str, f: &str| {
-            cg.read(c, "/", f)
-                .ok()
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty())
-        };
-        let v1 = cg.version() == Version::V1;
-        let controllers = first_line("", "cgroup.controllers").unwrap_or_default();
-        let v2_has = |c: &str| !v1 && controllers.split_whitespace().any(|x| x == c);
-        let (cpus_file, mems_file) = if v1 {
-            ("cpuset.cpus", "cpuset.mems")
-        } else {
-            ("cpuset.cpus.effective", "cpuset.mems.effective")
-        };
+    /// From the host's features as the daemon read them at start-up (the kernel memory
+    /// files are looked up here: only `update` asks about them).
+    pub fn from_host(host: &super::spec::HostInfo, cg: &Cgroups) -> Self {
+        let c = &host.cgroups;
         HostLimits {
-            ncpu,
-            cpus: first_line("cpuset", cpus_file).unwrap_or_else(|| format!("0-{}", ncpu - 1)),
-            mems: first_line("cpuset", mems_file).unwrap_or_else(|| "0".into()),
-            swap_limit: (v1 && cg.has("memory", "/", "memory.memsw.limit_in_bytes"))
-                || v2_has("memory"),
-            blkio_weight: (v1
-                && (cg.has("blkio", "/", "blkio.weight")
-                    || cg.has("blkio", "/", "blkio.bfq.weight")))
-                || v2_has("io"),
-            cpu_realtime: v1 && cg.has("cpu", "/", "cpu.rt_runtime_us"),
-            kernel_memory: v1 && cg.has("memory", "/", "memory.kmem.limit_in_bytes"),
+            ncpu: host.ncpu.max(1),
+            cpus: c.cpus.clone(),
+            mems: c.mems.clone(),
+            swap_limit: c.swap_limit,
+            blkio_weight: c.blkio_weight,
+            cpu_realtime: c.cpu_realtime,
+            kernel_memory: cg.version() == Version::V1
+                && cg.has("memory", "/", "memory.kmem.limit_in_bytes"),
         }
     }
 }
