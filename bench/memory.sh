@@ -62,12 +62,14 @@ cpu_pct() { # PID [berth]
   a=$(ticks "$@"); sleep "$IDLE_S"; b=$(ticks "$@")
   awk -v d=$((b - a)) -v hz="$hz" -v s="$IDLE_S" 'BEGIN{printf "%.2f", 100 * d / hz / s}'
 }
-start_berth() { # SOCK NAME EXTRA-ENV...
-  local sock=$1 name=$2; shift 2
+# Starts berthd as a child of this shell (so that it can be waited for); its pid goes into
+# the variable named VAR.
+start_berth() { # VAR SOCK NAME EXTRA-ENV...
+  local var=$1 sock=$2 name=$3; shift 3
   env "$@" target/release/berthd -H "unix://$sock" --data-root "$W/$name" --exec-root "$W/${name}x" \
     --bridge "${name}0" --bip "10.$((RANDOM % 50 + 180)).0.1/24" --nft-table "$name" \
     --cgroup-parent "/$name" >>"$W/$name.log" 2>&1 &
-  echo $!
+  printf -v "$var" %s $!
 }
 hundred() { # how
   local i
@@ -81,7 +83,7 @@ hundred() { # how
 }
 
 echo "== 1. controller cost: CPU with 100 idle containers over ${IDLE_S}s"
-BPID=$(start_berth "$BS" bmem BERTH_ELASTIC_MEMORY=interval-ms=100)
+start_berth BPID "$BS" bmem BERTH_ELASTIC_MEMORY=interval-ms=100
 bench_wait_ping "$BS"
 export DOCKER_HOST=unix://$BS
 docker import "$W/bb.tar" bb >/dev/null
@@ -89,7 +91,7 @@ hundred elastic
 sleep 3
 ON=$(cpu_pct "$BPID" berth)
 bench_stop_pid "$BPID" 30
-BPID=$(start_berth "$BS" bmem)
+start_berth BPID "$BS" bmem
 bench_wait_ping "$BS"
 [ "$(docker ps -q | wc -l)" = 100 ] || { echo "containers did not survive the restart" >&2; exit 1; }
 sleep 3
@@ -113,7 +115,7 @@ bench_stop_pid "$DPID" 30; DPID=
 
 echo "== 2. reaction time, ${ROUNDS} rounds (pool 600 MiB, low 60, critical 24, ticks 100 ms)"
 RS=$W/r.sock
-RPID=$(start_berth "$RS" bmemr BERTH_ELASTIC_MEMORY=pool-size=600m,low-headroom=60m,critical-headroom=24m,interval-ms=100)
+start_berth RPID "$RS" bmemr BERTH_ELASTIC_MEMORY=pool-size=600m,low-headroom=60m,critical-headroom=24m,interval-ms=100
 bench_wait_ping "$RS"
 export DOCKER_HOST=unix://$RS
 docker import "$W/bb.tar" bb >/dev/null

@@ -211,6 +211,11 @@ impl Containers {
         self.recs().values().cloned().collect()
     }
 
+    /// What `f` takes out of each record, under the records' lock (no clone of them).
+    pub fn scan<T>(&self, f: impl FnMut(&Record) -> Option<T>) -> Vec<T> {
+        self.recs().values().filter_map(f).collect()
+    }
+
     /// Persists a record (store first, then memory).
     pub fn save(&self, rec: &Record) -> ApiResult<()> {
         self.table.put(&rec.id, rec)?;

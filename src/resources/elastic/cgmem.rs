@@ -108,6 +108,17 @@ impl CgroupMemory {
         }
     }
 
+    /// Only the limit the controller moves (the cheap read of a green tick).
+    pub fn limit(&self, path: &str) -> CgResult<u64> {
+        match self.cg.version() {
+            Version::V1 => self.cg.read_u64(M, path, "memory.limit_in_bytes"),
+            Version::V2 => match self.cg.read_u64(M, path, "memory.high") {
+                Ok(u64::MAX) | Err(_) => self.cg.read_u64(M, path, "memory.max"),
+                Ok(h) => Ok(h),
+            },
+        }
+    }
+
     /// Takes an elastic container under control: v1 pauses instead of killing at the dynamic
     /// limit; v2 moves its `-m` limit to `memory.high` and puts the ceiling in `memory.max`.
     pub fn adopt(&self, path: &str, ceiling: u64) -> CgResult<()> {

@@ -3,10 +3,11 @@
 //! and a status in the container's record. Only the generation that owns the store acts
 //! (a generation handing over, or a successor not yet serving, samples nothing).
 
+use super::cgmem::MemSample;
 use super::decide::{decide, Action, Member, Pool};
 use super::{Elastic, ElasticStatus};
 use crate::container::now_ns;
-use crate::container::record::{Record, Status};
+use crate::container::record::Status;
 use crate::container::Containers;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +15,19 @@ use std::time::{Duration, Instant};
 
 /// How long a killed container counts as dying (no second victim meanwhile).
 const DYING_FOR: Duration = Duration::from_secs(2);
+
+/// What a tick needs of a running container (taken under the records' lock, no clone of
+/// the record).
+#[derive(Debug)]
+struct Live {
+    id: String,
+    path: String,
+    entitlement: u64,
+    /// Entitlement and enforced ceiling of an elastic container.
+    bounds: Option<(u64, u64)>,
+    started_ns: i64,
+    kill_pending: bool,
+}
 
 /// An action done, for the async side to record.
 #[derive(Debug)]
@@ -45,24 +59,19 @@ async fn run(elastic: Arc<Elastic>, containers: Arc<Containers>) {
         let Some(_admitted) = containers.gate.begin_internal() else {
             continue;
         };
-        let running: Vec<Record> = containers
-            .all()
-            .into_iter()
-            .filter(|r| matches!(r.state.status, Status::Running | Status::Paused))
-            .collect();
-        let paths: Vec<String> = running
-            .iter()
-            .map(|r| containers.paths.cgroup_path(&r.id))
-            .collect();
         let e = elastic.clone();
+        let running: Vec<Live> = containers.scan(|r| {
+            matches!(r.state.status, Status::Running | Status::Paused).then(|| Live {
+                id: r.id.clone(),
+                path: containers.paths.cgroup_path(&r.id),
+                entitlement: r.host_config.memory.unwrap_or(0).max(0) as u64,
+                bounds: e.bounds(r),
+                started_ns: r.state.started_at_ns,
+                kill_pending: r.elastic.as_ref().is_some_and(|s| s.kill_pending),
+            })
+        });
         let d = dying.clone();
-        let pending: Vec<String> = running
-            .iter()
-            .filter(|r| r.elastic.as_ref().is_some_and(|s| s.kill_pending))
-            .map(|r| r.id.clone())
-            .collect();
-        let done =
-            tokio::task::spawn_blocking(move || e.tick(&running, &paths, &d, &pending)).await;
+        let done = tokio::task::spawn_blocking(move || e.tick(&running, &d)).await;
         let (done, kill) = match done {
             Ok(d) => d,
             Err(err) => {
@@ -123,13 +132,13 @@ fn record(containers: &Containers, d: Done) {
 
 impl Elastic {
     /// One round (blocking: cgroup files, and v1 refuses a squeeze only after trying to
-    /// reclaim). `pending`: ids whose kill is already marked in their record.
+    /// reclaim). While the pool is green only the elastic containers' limits are read (to
+    /// give squeezed ones their room back); under the low threshold every elastic
+    /// container is sampled, and in the red every container (victims are chosen among all).
     fn tick(
         &self,
-        running: &[Record],
-        paths: &[String],
+        running: &[Live],
         dying: &std::sync::Mutex<HashMap<String, Instant>>,
-        pending: &[String],
     ) -> (Vec<Done>, Option<(Done, String)>) {
         let pool_sample = match self.mem.sample(&self.pool) {
             Ok(s) => s,
@@ -146,46 +155,51 @@ impl Elastic {
             under_oom: pool_sample.under_oom,
         };
         let red = pool.headroom() <= pool.critical || pool.under_oom;
+        let green = !red && pool.headroom() >= pool.low;
         let mut dying = dying.lock().unwrap_or_else(|p| p.into_inner());
         dying.retain(|id, t| t.elapsed() < DYING_FOR && running.iter().any(|r| &r.id == id));
         let mut adopted = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
         adopted.retain(|id, started| {
             running
                 .iter()
-                .any(|r| &r.id == id && r.state.started_at_ns == *started)
+                .any(|r| &r.id == id && r.started_ns == *started)
         });
         let mut members = Vec::new();
-        let mut ceilings = HashMap::new();
-        for (rec, path) in running.iter().zip(paths) {
-            let el = self.bounds(rec);
-            if el.is_none() && !red {
+        for live in running {
+            if live.bounds.is_none() && !red {
                 continue;
             }
-            if let Some((_, ceiling)) = el {
-                ceilings.insert(rec.id.clone(), (path.clone(), ceiling));
-                if !adopted.contains_key(&rec.id) {
-                    match self.mem.adopt(path, ceiling) {
+            if let Some((_, ceiling)) = live.bounds {
+                if !adopted.contains_key(&live.id) {
+                    match self.mem.adopt(&live.path, ceiling) {
                         Ok(()) => {
-                            adopted.insert(rec.id.clone(), rec.state.started_at_ns);
+                            adopted.insert(live.id.clone(), live.started_ns);
                         }
-                        Err(e) => tracing::warn!(id = %rec.id, error = %e, "elastic memory: adopt"),
+                        Err(e) => {
+                            tracing::warn!(id = %live.id, error = %e, "elastic memory: adopt")
+                        }
                     }
                 }
             }
-            let s = match self.mem.sample(path) {
-                Ok(s) => s,
-                // Gone between the listing and the sample: it is not a member any more.
-                Err(_) => continue,
+            let s = if green {
+                self.mem.limit(&live.path).map(|limit| MemSample {
+                    limit,
+                    ..Default::default()
+                })
+            } else {
+                self.mem.sample(&live.path)
             };
+            // Gone between the listing and the sample: it is not a member any more.
+            let Ok(s) = s else { continue };
             members.push(Member {
-                id: rec.id.clone(),
-                entitlement: rec.host_config.memory.unwrap_or(0).max(0) as u64,
-                ceiling: el.map(|(_, c)| c),
+                id: live.id.clone(),
+                entitlement: live.entitlement,
+                ceiling: live.bounds.map(|(_, c)| c),
                 limit: s.limit,
                 usage: s.usage,
                 under_oom: s.under_oom,
-                started_ns: rec.state.started_at_ns,
-                dying: dying.contains_key(&rec.id) || pending.contains(&rec.id),
+                started_ns: live.started_ns,
+                dying: dying.contains_key(&live.id) || live.kill_pending,
             });
         }
         let mut done = Vec::new();
@@ -196,11 +210,7 @@ impl Elastic {
                     (id, to, reason)
                 }
                 Action::Kill { id, reason } => {
-                    let Some(path) = running
-                        .iter()
-                        .zip(paths)
-                        .find(|(r, _)| r.id == id)
-                        .map(|(_, p)| p.clone())
+                    let Some(path) = running.iter().find(|r| r.id == id).map(|r| r.path.clone())
                     else {
                         continue;
                     };
@@ -222,7 +232,11 @@ impl Elastic {
                     continue;
                 }
             };
-            let Some((path, ceiling)) = ceilings.get(&id) else {
+            let Some((path, ceiling)) = running
+                .iter()
+                .find(|r| r.id == id)
+                .and_then(|r| r.bounds.map(|(_, c)| (&r.path, c)))
+            else {
                 continue;
             };
             let before = members
@@ -230,7 +244,7 @@ impl Elastic {
                 .find(|m| m.id == id)
                 .map(|m| m.limit)
                 .unwrap_or(0);
-            match self.mem.set_limit(path, to, *ceiling) {
+            match self.mem.set_limit(path, to, ceiling) {
                 Ok(limit) if limit != before => done.push(Done {
                     id,
                     action: if limit > before { "grow" } else { "squeeze" },
