@@ -122,6 +122,7 @@ docker import "$W/bb.tar" bb >/dev/null
 POOL=/sys/fs/cgroup/memory/bmemr
 hogcmd() { echo "mkfifo /hog; ($1; sleep 100000) >/hog & exec tail -c 1000m </hog >/dev/null"; }
 : > "$W/kill.txt"; : > "$W/squeeze.txt"
+KERNEL_KILLS=0
 for r in $(seq "$ROUNDS"); do
   a=$(docker run -d -m 300m bb sh -c "$(hogcmd 'head -c 280m /dev/zero')")
   until [ "$(cat $POOL/$a/memory.usage_in_bytes)" -ge $((275 << 20)) ]; do sleep 0.05; done
@@ -138,11 +139,14 @@ for r in $(seq "$ROUNDS"); do
   sleep 0.2
   c2=$(docker run -d -m 150m bb sh -c "$(hogcmd 'head -c 100m /dev/zero')")
   wait $PP
+  for _ in $(seq 100); do [ "$(docker inspect -f '{{.State.Running}}' "$b")" = false ] && break; sleep 0.05; done
   [ "$(docker inspect -f '{{.State.OOMKilled}}' "$b")" = true ] || echo "round $r: b not marked OOMKilled" >&2
+  for g in "$a" "$b" "$c1" "$c2"; do
+    KERNEL_KILLS=$((KERNEL_KILLS + $(awk '/^oom_kill /{print $2}' "$POOL/$g/memory.oom_control" 2>/dev/null || echo 0)))
+  done
   docker rm -f "$a" "$b" "$c1" "$c2" >/dev/null
   sleep 0.5
 done
-KERNEL_KILLS=$(cat $POOL/*/memory.oom_control 2>/dev/null | awk '/^oom_kill /{s+=$2} END{print s+0}')
 
 med() { sort -n | awk '{a[NR]=$1} END{if(NR==0){print "n/a"}else{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}}'; }
 echo
