@@ -104,12 +104,10 @@ fn record(containers: &Containers, d: Done) {
         kill_pending: d.action == "kill",
     };
     let rec = match containers.update(&d.id, |r| {
-        // A kill is marked before the signal (see Elastic::tick); keep the mark.
-        let pending = r.elastic.as_ref().is_some_and(|s| s.kill_pending);
-        r.elastic = Some(ElasticStatus {
-            kill_pending: status.kill_pending || (pending && r.state.status.is_live()),
-            ..status.clone()
-        });
+        // A kill is marked before the signal; nothing done later replaces it.
+        if !r.elastic.as_ref().is_some_and(|s| s.kill_pending) {
+            r.elastic = Some(status.clone());
+        }
     }) {
         Ok(r) => r,
         Err(e) => {

@@ -140,7 +140,7 @@ pub fn decide(pool: &Pool, members: &[Member]) -> Vec<Action> {
     if headroom < pool.low {
         return members
             .iter()
-            .filter(|m| m.ceiling.is_some() && m.limit > m.entitlement)
+            .filter(|m| !m.dying && m.ceiling.is_some() && m.limit > m.entitlement)
             .filter_map(|m| {
                 let to = m.entitlement.max(m.usage.saturating_add(SQUEEZE_SLACK));
                 (to + STEP_MIN <= m.limit).then(|| Action::Squeeze {
@@ -160,7 +160,8 @@ pub fn decide(pool: &Pool, members: &[Member]) -> Vec<Action> {
     // Green: squeezed containers get their room back, toward their ceilings.
     let mut room = headroom - pool.low;
     let mut out = Vec::new();
-    for m in members {
+    // A container being killed gets nothing back.
+    for m in members.iter().filter(|m| !m.dying) {
         let Some(ceiling) = m.ceiling else { continue };
         let grant = ceiling.saturating_sub(m.limit).min(room);
         if grant < STEP_MIN {
@@ -236,6 +237,11 @@ mod tests {
             reason.contains("back toward the ceiling 400 MiB"),
             "{reason}"
         );
+        // killed, not gone yet: nothing back, nothing squeezed
+        let mut b = ms[1].clone();
+        b.dying = true;
+        assert!(decide(&pool(200), std::slice::from_ref(&b)).is_empty());
+        assert!(decide(&pool(560), &[b]).is_empty());
     }
 
     #[test]
