@@ -6,7 +6,10 @@
 //! (invariant 2); while no shim exists yet (created containers) they wait in
 //! [`pending`] and are handed over at start.
 
+pub mod archive;
 pub mod bundle;
+pub mod changes;
+pub mod chroot;
 pub mod cpus;
 pub mod create;
 pub mod egress;

@@ -7,7 +7,10 @@
 //!   directory inside the destination (created when missing); an entry whose parent is a
 //!   symlink or a file is refused. Files are created with `O_CREAT|O_EXCL|O_NOFOLLOW`,
 //!   metadata is set with the no-follow variants. The destination is a fresh private temp
-//!   directory nobody else writes to, so checking each component before use is race-free.
+//!   directory nobody else writes to, so checking each component before use is race-free;
+//!   `docker cp` into a live container ([`Mode::Cp`]) runs this in a thread chrooted to the
+//!   container root (`container::chroot`), so even a racing container process cannot
+//!   make a path lead outside.
 //! * Hardlinks must point to an existing non-directory inside the destination.
 //! * Character and block devices are skipped; overlay whiteouts are made by us:
 //!   `.wh.<name>` becomes a 0:0 character device `<name>`, `.wh..wh..opq` sets
@@ -36,6 +39,49 @@ pub enum Mode {
     Layer,
     /// A transport archive (`docker save` output): plain files, dirs and links only.
     Plain,
+    /// `docker cp` into a container: ownership and permission bits as in the archive,
+    /// `.wh.` names are ordinary files.
+    Cp {
+        /// Refuse to replace a directory with a non-directory or the reverse.
+        no_overwrite_dir_non_dir: bool,
+        /// Owner of everything written instead of the archive's (`copyUIDGID`).
+        chown: Option<(u32, u32)>,
+    },
+}
+
+impl Mode {
+    fn owners(self) -> bool {
+        !matches!(self, Mode::Plain)
+    }
+    fn keep_dir_kinds(self) -> bool {
+        matches!(
+            self,
+            Mode::Cp {
+                no_overwrite_dir_non_dir: true,
+                ..
+            }
+        )
+    }
+}
+
+/// dockerd's refusal to swap a directory and a non-directory (`noOverwriteDirNonDir`).
+fn check_kind(p: &Path, want_dir: bool, mode: Mode, root: &Path) -> ApiResult<()> {
+    if !mode.keep_dir_kinds() {
+        return Ok(());
+    }
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_dir() && !want_dir => Err(ApiError::Internal(format!(
+            "cannot overwrite directory {:?} with non-directory {:?}",
+            p.display(),
+            root.display()
+        ))),
+        Ok(m) if !m.file_type().is_dir() && want_dir => Err(ApiError::Internal(format!(
+            "cannot overwrite non-directory {:?} with directory {:?}",
+            p.display(),
+            root.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The result of an extraction.
@@ -186,9 +232,16 @@ fn set_mtime(p: &Path, secs: i64) -> ApiResult<()> {
 }
 
 fn apply_meta(p: &Path, m: &Meta, symlink: bool, mode: Mode) -> ApiResult<()> {
-    if mode == Mode::Layer {
-        let uid = u32::try_from(m.uid).map_err(|_| fs_err("chown", p, "uid out of range"))?;
-        let gid = u32::try_from(m.gid).map_err(|_| fs_err("chown", p, "gid out of range"))?;
+    if mode.owners() {
+        let (uid, gid) = match mode {
+            Mode::Cp {
+                chown: Some(owner), ..
+            } => owner,
+            _ => (
+                u32::try_from(m.uid).map_err(|_| fs_err("chown", p, "uid out of range"))?,
+                u32::try_from(m.gid).map_err(|_| fs_err("chown", p, "gid out of range"))?,
+            ),
+        };
         std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| fs_err("chown", p, e))?;
         for (k, v) in &m.xattrs {
             if let Err(e) = xattr::set(p, k, v) {
@@ -197,7 +250,7 @@ fn apply_meta(p: &Path, m: &Meta, symlink: bool, mode: Mode) -> ApiResult<()> {
         }
     }
     if !symlink {
-        let bits = if mode == Mode::Layer {
+        let bits = if mode.owners() {
             m.mode & 0o7777
         } else {
             (m.mode & 0o777) | 0o600
@@ -301,6 +354,7 @@ impl State {
         let dir = ensure_dirs(&self.root, parents, true, &raw)?;
         let p = dir.join(OsStr::from_bytes(name));
         let m = read_meta(e)?;
+        check_kind(&p, kind == EntryType::Directory, self.mode, &self.root)?;
         match kind {
             EntryType::Directory => {
                 self.replacing(&rel);
