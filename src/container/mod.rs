@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod monitor;
 pub mod orphan;
 pub mod pending;
+pub mod prune;
 pub mod reaped;
 pub mod record;
 pub mod rootfs;

@@ -3,6 +3,7 @@
 use super::http::{Request, Response};
 use super::Daemon;
 use crate::container::archive::PutOptions;
+use crate::container::prune::PruneFilters;
 use crate::container::streams::parse_detach_keys;
 use crate::container::update::UpdateRequest;
 use crate::error::{ApiError, ApiResult};
@@ -58,6 +59,17 @@ pub async fn route(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Respons
             Ok(Response::json(
                 200,
                 &c.list(req.q_bool("all", false), limit, &filters)?,
+            ))
+        }
+        ("POST", ["containers", "prune"]) => {
+            let filters = super::system::parse_filters(req.q("filters"))?;
+            let f = PruneFilters::parse(&filters, crate::container::now_ns())?;
+            let (deleted, reclaimed) = c.prune(&f).await?;
+            // dockerd answers `null` when nothing was removed.
+            let deleted = (!deleted.is_empty()).then_some(deleted);
+            Ok(Response::json(
+                200,
+                &json!({"ContainersDeleted": deleted, "SpaceReclaimed": reclaimed}),
             ))
         }
         ("GET", ["containers", id, "json"]) => Ok(Response::json(200, &c.inspect(id)?)),
