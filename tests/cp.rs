@@ -419,3 +419,57 @@ fn container_prune_removes_stopped_containers_by_filter() {
     assert_eq!(d.ok(&["ps", "-a", "--format", "{{.Names}}"]), "prrun");
     d.ok(&["rm", "-f", "prrun"]);
 }
+
+#[test]
+fn cp_reaches_bind_mounts_and_respects_read_only_ones() {
+    let Some(d) = daemon_with_image() else { return };
+    let (rw, ro) = (d.path("vol-rw"), d.path("vol-ro"));
+    std::fs::create_dir_all(&rw).expect("mkdir");
+    std::fs::create_dir_all(&ro).expect("mkdir");
+    std::fs::write(rw.join("on-host"), "from the host\n").expect("write");
+    let f = d.path("in.txt");
+    std::fs::write(&f, "into the volume\n").expect("write");
+    let f = f.to_str().expect("utf8");
+    let v1 = format!("{}:/data", rw.display());
+    let v2 = format!("{}:/ro:ro", ro.display());
+    d.ok(&[
+        "run", "-d", "--name", "cpvol", "-v", &v1, "-v", &v2, "bb:test", "sleep", "1000",
+    ]);
+    d.ok(&[
+        "create",
+        "--name",
+        "cpvolstop",
+        "-v",
+        &v1,
+        "bb:test",
+        "true",
+    ]);
+    d.ok(&["cp", f, "cpvol:/data/running.txt"]);
+    d.ok(&["cp", f, "cpvolstop:/data/stopped.txt"]);
+    for n in ["running.txt", "stopped.txt"] {
+        assert_eq!(
+            std::fs::read_to_string(rw.join(n)).expect("on host"),
+            "into the volume\n"
+        );
+    }
+    assert_eq!(
+        d.ok(&["exec", "cpvol", "cat", "/data/stopped.txt"]),
+        "into the volume"
+    );
+    let out = d.path("out-vol");
+    d.ok(&["cp", "cpvolstop:/data/on-host", out.to_str().expect("utf8")]);
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("out"),
+        "from the host\n"
+    );
+    let err = d.fails(&["cp", f, "cpvol:/ro/"]);
+    assert!(err.contains("mounted volume is marked read-only"), "{err}");
+    assert_eq!(std::fs::read_dir(&ro).expect("ls").count(), 0);
+    // The copy's mounts stayed in its own namespace.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.lines().any(|l| l.contains("/merged/data")),
+        "{mounts}"
+    );
+    d.ok(&["rm", "-f", "cpvol", "cpvolstop"]);
+}

@@ -5,9 +5,11 @@
 //! Every path is resolved inside the container's root ([`super::chroot::in_root`]): a
 //! symlink named in `path`, in one of its parents or inside an uploaded archive can never
 //! reach the host. A stopped container's overlay is mounted for the request and stays
-//! mounted like after a stop (`docker rm` unmounts it).
+//! mounted like after a stop (`docker rm` unmounts it). `docker cp` sees the container's
+//! bind mounts (mounted in the copying thread's private namespace); `export` does not,
+//! as with dockerd.
 
-use super::chroot::in_root;
+use super::chroot::{in_root, in_root_with, Bind};
 use super::rootfs::Rootfs;
 use super::Containers;
 use crate::error::{ApiError, ApiResult};
@@ -197,11 +199,12 @@ impl Containers {
 
     /// `HEAD …/archive?path=`: the stat of `path` in container `name`.
     pub async fn stat_path(&self, name: &str, path: &str) -> ApiResult<PathStat> {
-        let (_, root) = self.mounted_root(name).await?;
+        let (rec, root) = self.mounted_root(name).await?;
         let abs = abs_path(path);
         let not_found = file_not_found(path, name);
+        let binds = binds_of(&rec);
         blocking(move || {
-            in_root(&root, move || {
+            in_root_with(&root, binds, move || {
                 stat_path(&abs).map_err(|e| io_err(e, not_found))
             })
         })
@@ -217,12 +220,13 @@ impl Containers {
         out: Box<dyn Write + Send>,
     ) -> ApiResult<PathStat> {
         let stat = self.stat_path(name, path).await?;
-        let (_, root) = self.mounted_root(name).await?;
+        let (rec, root) = self.mounted_root(name).await?;
+        let binds = binds_of(&rec);
         let abs = abs_path(path);
         let rename = PathBuf::from(if stat.name == "/" { "." } else { &stat.name });
         tokio::task::spawn_blocking(move || {
             let mut out = out;
-            let r = in_root(&root, move || {
+            let r = in_root_with(&root, binds, move || {
                 write_tree(&mut out, Path::new(&abs), &rename)?;
                 out.flush().map_err(tar_err)
             });
@@ -243,16 +247,13 @@ impl Containers {
         body: Box<dyn Read + Send>,
     ) -> ApiResult<()> {
         let (rec, root) = self.mounted_root(name).await?;
-        if rec.host_config.readonly_rootfs == Some(true) {
-            return Err(ApiError::Internal(
-                "container rootfs is marked read-only".into(),
-            ));
-        }
+        let readonly_rootfs = rec.host_config.readonly_rootfs == Some(true);
         let user = rec.config.user.clone().unwrap_or_default();
         let abs = abs_path(path);
         let not_found = file_not_found(path, name);
+        let binds = binds_of(&rec);
         blocking(move || {
-            in_root(&root, move || {
+            in_root_with(&root, binds.clone(), move || {
                 // The last element is followed too: a symlink to a directory is a fine
                 // extraction point.
                 let md = fs::metadata(&abs).map_err(|e| io_err(e, not_found.clone()))?;
@@ -262,6 +263,19 @@ impl Containers {
                     ));
                 }
                 let dest = fs::canonicalize(&abs).map_err(|e| io_err(e, not_found))?;
+                match binds.iter().rev().find(|b| under(&dest, &b.dest)) {
+                    Some(b) if !b.writable => {
+                        return Err(ApiError::Internal(
+                            "mounted volume is marked read-only".into(),
+                        ))
+                    }
+                    None if readonly_rootfs => {
+                        return Err(ApiError::Internal(
+                            "container rootfs is marked read-only".into(),
+                        ))
+                    }
+                    _ => {}
+                }
                 let chown = if opts.copy_uid_gid && !user.is_empty() {
                     let (uid, gid, _) = super::spec::resolve_user(Path::new("/"), &user)?;
                     Some((uid, gid))
@@ -294,6 +308,40 @@ impl Containers {
         });
         Ok(())
     }
+}
+
+/// The container's bind mounts, outermost first.
+fn binds_of(rec: &super::record::Record) -> Vec<Bind> {
+    use super::spec::binds::{from_api_mount, parse_bind, UserMountKind};
+    let hc = &rec.host_config;
+    let binds = hc.binds.iter().flatten().map(|b| parse_bind(b));
+    let mounts = hc.mounts.iter().flatten().map(from_api_mount);
+    let mut out: Vec<Bind> = binds
+        .chain(mounts)
+        .filter_map(|m| {
+            let m = m.ok()?;
+            match m.kind {
+                UserMountKind::Bind {
+                    writable,
+                    recursive,
+                    ..
+                } => Some(Bind {
+                    dest: m.dest,
+                    source: m.source,
+                    writable,
+                    recursive,
+                }),
+                UserMountKind::Tmpfs { .. } => None,
+            }
+        })
+        .collect();
+    out.sort_by_key(|b| b.dest.matches('/').count());
+    out
+}
+
+/// Whether container path `p` is `dir` or below it.
+fn under(p: &Path, dir: &str) -> bool {
+    p.starts_with(Path::new(dir))
 }
 
 fn file_not_found(path: &str, name: &str) -> ApiError {
