@@ -54,6 +54,13 @@ fn raw_entry(out: &mut Vec<u8>, name: &str, kind: u8, link: &str, data: &[u8]) {
     out.resize(out.len().div_ceil(512) * 512, 0);
 }
 
+fn chrono_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() + 1)
+        .unwrap_or(0)
+}
+
 fn finish(mut t: Vec<u8>) -> Vec<u8> {
     t.extend_from_slice(&[0u8; 1024]);
     t
@@ -87,6 +94,15 @@ fn cp_files_and_dirs_both_ways_on_running_and_stopped_containers() {
         d.ok(&["cp", &format!("{c}:/tmp/f.txt"), o]);
         d.ok(&["cp", &format!("{c}:/tmp/renamed"), o]);
         d.ok(&["cp", &format!("{c}:/root/dir"), o]);
+        // `dir/.` copies the directory's contents.
+        let contents = out.join("contents");
+        std::fs::create_dir_all(&contents).expect("mkdir");
+        let co = contents.to_str().expect("utf8");
+        d.ok(&["cp", &format!("{c}:/root/dir/."), co]);
+        assert_eq!(
+            std::fs::read_to_string(contents.join("sub/inner")).expect("contents"),
+            "inner\n"
+        );
         assert_eq!(
             std::fs::read_to_string(out.join("f.txt")).expect("f"),
             "hello file\n"
@@ -149,6 +165,20 @@ fn cp_files_and_dirs_both_ways_on_running_and_stopped_containers() {
         std::fs::read_to_string(&back).expect("back"),
         "hello file\n"
     );
+    let events = d.ok(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        &format!("{}", chrono_now_secs()),
+        "--filter",
+        "container=cpstop",
+        "--format",
+        "{{.Action}}",
+    ]);
+    for want in ["extract-to-dir", "archive-path"] {
+        assert!(events.lines().any(|l| l == want), "{events}");
+    }
     d.ok(&["rm", "-f", "cprun", "cpstop"]);
 }
 
@@ -376,6 +406,18 @@ fn export_and_diff_show_the_container_filesystem() {
     }
     assert!(!names.contains(&"etc/group"), "{list}");
     assert!(list.contains("bin/sh -> busybox"), "{list}");
+    let events = d.ok(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        &format!("{}", chrono_now_secs()),
+        "--filter",
+        "container=cpdiff",
+        "--format",
+        "{{.Action}}",
+    ]);
+    assert!(events.lines().any(|l| l == "export"), "{events}");
     d.ok(&["rm", "-f", "cpdiff"]);
 }
 

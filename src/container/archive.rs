@@ -235,6 +235,7 @@ impl Containers {
                 tracing::warn!(error = %e, "archive of a container path failed mid-stream");
             }
         });
+        self.event(&rec, "archive-path", &[]);
         Ok(stat)
     }
 
@@ -247,6 +248,7 @@ impl Containers {
         body: Box<dyn Read + Send>,
     ) -> ApiResult<()> {
         let (rec, root) = self.mounted_root(name).await?;
+        let ev_rec = rec.clone();
         let readonly_rootfs = rec.host_config.readonly_rootfs == Some(true);
         let user = rec.config.user.clone().unwrap_or_default();
         let abs = abs_path(path);
@@ -290,12 +292,15 @@ impl Containers {
                 extract(&mut body, &dest, mode, None).map(|_| ())
             })
         })
-        .await
+        .await?;
+        self.event(&ev_rec, "extract-to-dir", &[]);
+        Ok(())
     }
 
     /// `GET …/export`: a tar of the container's whole filesystem streamed to `out`.
     pub async fn export(&self, name: &str, out: Box<dyn Write + Send>) -> ApiResult<()> {
-        let (_, root) = self.mounted_root(name).await?;
+        let (rec, root) = self.mounted_root(name).await?;
+        self.event(&rec, "export", &[]);
         tokio::task::spawn_blocking(move || {
             let mut out = out;
             let r = in_root(&root, move || {
