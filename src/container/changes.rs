@@ -61,6 +61,17 @@ fn lower_meta(layer: &Path, path: &str) -> Option<fs::Metadata> {
     fs::symlink_metadata(&p).ok()
 }
 
+/// Whether directory `host` (container path `path`) holds nothing but init-layer paths.
+fn only_init_paths(host: &Path, path: &str) -> bool {
+    let Ok(rd) = fs::read_dir(host) else {
+        return false;
+    };
+    rd.flatten().all(|e| {
+        let p = format!("{path}/{}", e.file_name().to_string_lossy());
+        INIT_PATHS.contains(&p.as_str())
+    })
+}
+
 fn is_whiteout(md: &fs::Metadata) -> bool {
     md.file_type().is_char_device() && md.rdev() == 0
 }
@@ -84,13 +95,16 @@ impl Walk<'_> {
             let mut kind = ADDED;
             for l in self.lowers {
                 if let Some(lm) = lower_meta(l, path) {
-                    // A directory only on the way to a change is not itself a change.
+                    // A directory only on the way to a change is not itself a change; nor
+                    // is one that only holds the runtime's mount points (dockerd's init
+                    // layer has them, so its upper dir would not have the directory).
                     if lm.is_dir()
                         && is_dir
-                        && lm.size() == md.size()
                         && lm.mode() == md.mode()
-                        && lm.mtime() == md.mtime()
-                        && lm.mtime_nsec() == md.mtime_nsec()
+                        && ((lm.size() == md.size()
+                            && lm.mtime() == md.mtime()
+                            && lm.mtime_nsec() == md.mtime_nsec())
+                            || only_init_paths(host, path))
                     {
                         return;
                     }
@@ -221,6 +235,39 @@ mod tests {
         .map(|(p, k)| (p.to_string(), *k))
         .collect();
         assert_eq!(got, want);
+        Ok(())
+    }
+
+    #[test]
+    fn runtime_mount_points_are_no_change() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        fs::create_dir_all(lower.join("etc"))?;
+        fs::create_dir_all(upper.join("etc"))?;
+        fs::create_dir_all(upper.join("proc"))?;
+        fs::write(upper.join("etc/hosts"), "")?;
+        fs::write(upper.join("etc/resolv.conf"), "")?;
+        let t = nix::sys::time::TimeSpec::new(1_000_000, 0);
+        nix::sys::stat::utimensat(
+            None,
+            &lower.join("etc"),
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )?;
+        assert_eq!(changes(&upper, std::slice::from_ref(&lower))?, vec![]);
+        fs::write(upper.join("etc/motd"), "hi")?;
+        let got: Vec<(String, u8)> = changes(&upper, &[lower])?
+            .into_iter()
+            .map(|c| (c.path, c.kind))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/etc".to_string(), MODIFIED),
+                ("/etc/motd".to_string(), ADDED)
+            ]
+        );
         Ok(())
     }
 }
