@@ -211,8 +211,9 @@ impl Containers {
         .await
     }
 
-    /// `GET …/archive?path=`: the stat, and a tar of the path streamed to `out` by a
-    /// background thread (the returned receiver gets any failure after the first byte).
+    /// `GET …/archive?path=`: the stat (errors come before any byte), and a tar of the
+    /// path streamed to `out` by a background thread (a later failure cuts the archive
+    /// and is logged).
     pub async fn archive_path(
         &self,
         name: &str,
