@@ -259,6 +259,21 @@ fn archive_api_answers_stat_header_and_docker_errors() {
         d.ok(&["exec", "cpapi", "stat", "-c", "%F", "/tmp"]),
         "directory"
     );
+    // A read-only root refuses uploads, copying out still works.
+    d.ok(&["create", "--name", "cpro", "--read-only", "bb:test", "true"]);
+    let f = d.path("ro.txt");
+    std::fs::write(&f, "x").expect("write");
+    let err = d.fails(&["cp", f.to_str().expect("utf8"), "cpro:/tmp/"]);
+    assert!(
+        err.contains("container rootfs is marked read-only"),
+        "{err}"
+    );
+    d.ok(&[
+        "cp",
+        "cpro:/etc/passwd",
+        d.path("ro-out").to_str().expect("utf8"),
+    ]);
+    d.ok(&["rm", "cpro"]);
     d.ok(&["rm", "-f", "cpapi"]);
 }
 
