@@ -1,9 +1,10 @@
 //! Container filesystem APIs through the real docker CLI (root): `docker cp` both ways on
 //! running and stopped containers, hostile archives PUT through the raw API, `docker
-//! export` and `docker diff`.
+//! export` and `docker diff`. (`docker container prune`: tests/prune.rs.)
 
 mod common;
-use common::{daemon_with_image, Daemon};
+use common::daemon_with_image;
+use common::rawapi::curl;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -14,23 +15,6 @@ fn mode_of(p: &Path) -> u32 {
         .permissions()
         .mode()
         & 0o7777
-}
-
-/// `curl` over the daemon's socket: (status, body).
-fn curl(d: &Daemon, method: &str, target: &str, body: Option<&Path>) -> (u16, String) {
-    let mut c = Command::new("curl");
-    c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method])
-        .arg("--unix-socket")
-        .arg(&d.sock)
-        .arg(format!("http://x/v1.41{target}"));
-    if let Some(b) = body {
-        c.args(["-H", "Content-Type: application/x-tar", "--data-binary"])
-            .arg(format!("@{}", b.display()));
-    }
-    let out = c.output().expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 /// One raw ustar entry; names and link targets are written as given (`..`, `/` allowed).
@@ -436,47 +420,6 @@ fn export_and_diff_show_the_container_filesystem() {
     ]);
     assert!(events.lines().any(|l| l == "export"), "{events}");
     d.ok(&["rm", "-f", "cpdiff"]);
-}
-
-#[test]
-fn container_prune_removes_stopped_containers_by_filter() {
-    let Some(d) = daemon_with_image() else { return };
-    d.ok(&["run", "-d", "--name", "prrun", "bb:test", "sleep", "1000"]);
-    let db = d.ok(&[
-        "create", "--name", "prdb", "--label", "tier=db", "bb:test", "true",
-    ]);
-    d.ok(&[
-        "run",
-        "--name",
-        "prexit",
-        "bb:test",
-        "sh",
-        "-c",
-        "echo 123456789 > /tmp/f",
-    ]);
-    let exited = d.ok(&["inspect", "-f", "{{.Id}}", "prexit"]);
-    let err = d.fails(&["container", "prune", "-f", "--filter", "foo=bar"]);
-    assert!(err.contains("invalid filter 'foo'"), "{err}");
-    let out = d.ok(&["container", "prune", "-f", "--filter", "label=tier=db"]);
-    assert_eq!(
-        out,
-        format!("Deleted Containers:\n{db}\n\nTotal reclaimed space: 0B")
-    );
-    // Everything is younger than an hour.
-    let out = d.ok(&["container", "prune", "-f", "--filter", "until=1h"]);
-    assert_eq!(out, "Total reclaimed space: 0B");
-    let (code, body) = curl(&d, "POST", "/containers/prune", None);
-    assert_eq!(code, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(v["ContainersDeleted"], serde_json::json!([exited]));
-    assert_eq!(v["SpaceReclaimed"], 10, "{body}");
-    let (_, body) = curl(&d, "POST", "/containers/prune", None);
-    assert_eq!(
-        body.trim(),
-        r#"{"ContainersDeleted":null,"SpaceReclaimed":0}"#
-    );
-    assert_eq!(d.ok(&["ps", "-a", "--format", "{{.Names}}"]), "prrun");
-    d.ok(&["rm", "-f", "prrun"]);
 }
 
 #[test]
