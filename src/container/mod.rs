@@ -6,7 +6,10 @@
 //! (invariant 2); while no shim exists yet (created containers) they wait in
 //! [`pending`] and are handed over at start.
 
+pub mod archive;
 pub mod bundle;
+pub mod changes;
+pub mod chroot;
 pub mod cpus;
 pub mod create;
 pub mod egress;
@@ -15,6 +18,7 @@ pub mod lifecycle;
 pub mod monitor;
 pub mod orphan;
 pub mod pending;
+pub mod prune;
 pub mod reaped;
 pub mod record;
 pub mod rootfs;

@@ -7,7 +7,10 @@
 //!   directory inside the destination (created when missing); an entry whose parent is a
 //!   symlink or a file is refused. Files are created with `O_CREAT|O_EXCL|O_NOFOLLOW`,
 //!   metadata is set with the no-follow variants. The destination is a fresh private temp
-//!   directory nobody else writes to, so checking each component before use is race-free.
+//!   directory nobody else writes to, so checking each component before use is race-free;
+//!   `docker cp` into a live container ([`Mode::Cp`]) runs this in a thread chrooted to the
+//!   container root (`container::chroot`), so even a racing container process cannot
+//!   make a path lead outside.
 //! * Hardlinks must point to an existing non-directory inside the destination.
 //! * Character and block devices are skipped; overlay whiteouts are made by us:
 //!   `.wh.<name>` becomes a 0:0 character device `<name>`, `.wh..wh..opq` sets
@@ -29,14 +32,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use tar::EntryType;
 
-/// What kind of archive is unpacked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// An image layer: ownership, xattrs and whiteouts are applied.
-    Layer,
-    /// A transport archive (`docker save` output): plain files, dirs and links only.
-    Plain,
-}
+use super::extract_mode::check_kind;
+pub use super::extract_mode::Mode;
 
 /// The result of an extraction.
 #[derive(Debug, Clone)]
@@ -186,9 +183,16 @@ fn set_mtime(p: &Path, secs: i64) -> ApiResult<()> {
 }
 
 fn apply_meta(p: &Path, m: &Meta, symlink: bool, mode: Mode) -> ApiResult<()> {
-    if mode == Mode::Layer {
-        let uid = u32::try_from(m.uid).map_err(|_| fs_err("chown", p, "uid out of range"))?;
-        let gid = u32::try_from(m.gid).map_err(|_| fs_err("chown", p, "gid out of range"))?;
+    if mode.owners() {
+        let (uid, gid) = match mode {
+            Mode::Cp {
+                chown: Some(owner), ..
+            } => owner,
+            _ => (
+                u32::try_from(m.uid).map_err(|_| fs_err("chown", p, "uid out of range"))?,
+                u32::try_from(m.gid).map_err(|_| fs_err("chown", p, "gid out of range"))?,
+            ),
+        };
         std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| fs_err("chown", p, e))?;
         for (k, v) in &m.xattrs {
             if let Err(e) = xattr::set(p, k, v) {
@@ -197,7 +201,7 @@ fn apply_meta(p: &Path, m: &Meta, symlink: bool, mode: Mode) -> ApiResult<()> {
         }
     }
     if !symlink {
-        let bits = if mode == Mode::Layer {
+        let bits = if mode.owners() {
             m.mode & 0o7777
         } else {
             (m.mode & 0o777) | 0o600
@@ -301,6 +305,7 @@ impl State {
         let dir = ensure_dirs(&self.root, parents, true, &raw)?;
         let p = dir.join(OsStr::from_bytes(name));
         let m = read_meta(e)?;
+        check_kind(&p, kind == EntryType::Directory, self.mode, &self.root)?;
         match kind {
             EntryType::Directory => {
                 self.replacing(&rel);

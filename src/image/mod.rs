@@ -15,6 +15,7 @@ pub mod blobs;
 pub mod changes;
 pub mod config;
 pub mod extract;
+mod extract_mode;
 mod import;
 pub mod layers;
 mod load;

@@ -2,6 +2,8 @@
 
 use super::http::{Request, Response};
 use super::Daemon;
+use crate::container::archive::PutOptions;
+use crate::container::prune::PruneFilters;
 use crate::container::streams::parse_detach_keys;
 use crate::container::update::UpdateRequest;
 use crate::error::{ApiError, ApiResult};
@@ -34,6 +36,17 @@ fn is_upgrade(req: &Request) -> bool {
             .is_some_and(|c| c.to_ascii_lowercase().contains("upgrade"))
 }
 
+/// The header `HEAD|GET …/archive` answer with the path's stat.
+const STAT_HEADER: &str = "X-Docker-Container-Path-Stat";
+
+/// `path` of the archive API; dockerd refuses an empty one.
+fn archive_path_param(req: &Request) -> ApiResult<String> {
+    match req.q("path") {
+        Some(p) if !p.is_empty() => Ok(p.to_string()),
+        _ => Err(ApiError::BadRequest("Path cannot be empty".into())),
+    }
+}
+
 /// Routes `/containers/...`.
 pub async fn route(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Response> {
     let c = &d.containers;
@@ -46,6 +59,17 @@ pub async fn route(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Respons
             Ok(Response::json(
                 200,
                 &c.list(req.q_bool("all", false), limit, &filters)?,
+            ))
+        }
+        ("POST", ["containers", "prune"]) => {
+            let filters = super::system::parse_filters(req.q("filters"))?;
+            let f = PruneFilters::parse(&filters, crate::container::now_ns())?;
+            let (deleted, reclaimed) = c.prune(&f).await?;
+            // dockerd answers `null` when nothing was removed.
+            let deleted = (!deleted.is_empty()).then_some(deleted);
+            Ok(Response::json(
+                200,
+                &json!({"ContainersDeleted": deleted, "SpaceReclaimed": reclaimed}),
             ))
         }
         ("GET", ["containers", id, "json"]) => Ok(Response::json(200, &c.inspect(id)?)),
@@ -154,6 +178,51 @@ pub async fn route(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Respons
             let cfg: ExecConfig = json_body(req)?;
             let exec_id = c.exec_create(&id, cfg)?;
             Ok(Response::json(201, &json!({"Id": exec_id})))
+        }
+        ("HEAD", ["containers", id, "archive"]) => {
+            let path = archive_path_param(&req)?;
+            let stat = c.stat_path(id, &path).await?;
+            let mut resp = Response::empty(200);
+            if let Response::Full { headers, .. } = &mut resp {
+                headers.push((STAT_HEADER.into(), stat.header()));
+            }
+            Ok(resp)
+        }
+        ("GET", ["containers", id, "archive"]) => {
+            let path = archive_path_param(&req)?;
+            let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+            let out = Box::new(super::images::ChanWriter::new(tx));
+            let stat = c.archive_path(id, &path, out).await?;
+            Ok(Response::Stream {
+                status: 200,
+                content_type: "application/x-tar",
+                headers: vec![(STAT_HEADER.into(), stat.header())],
+                rx,
+                resumable: None,
+            })
+        }
+        ("PUT", ["containers", id, "archive"]) => {
+            let id = id.to_string();
+            let path = archive_path_param(&req)?;
+            let opts = PutOptions {
+                no_overwrite_dir_non_dir: req.q_bool("noOverwriteDirNonDir", false),
+                copy_uid_gid: req.q_bool("copyUIDGID", false),
+            };
+            c.extract_to(&id, &path, opts, req.body.reader()).await?;
+            Ok(Response::empty(200))
+        }
+        ("GET", ["containers", id, "changes"]) => Ok(Response::json(200, &c.changes(id).await?)),
+        ("GET", ["containers", id, "export"]) => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+            c.export(id, Box::new(super::images::ChanWriter::new(tx)))
+                .await?;
+            Ok(Response::Stream {
+                status: 200,
+                content_type: "application/x-tar",
+                headers: vec![],
+                rx,
+                resumable: None,
+            })
         }
         ("DELETE", ["containers", id]) => {
             c.remove(id, req.q_bool("force", false)).await?;

@@ -208,12 +208,22 @@ async fn create(d: &Daemon, req: Request) -> ApiResult<Response> {
 }
 
 /// Sends written bytes to the response stream in large chunks.
-struct ChanWriter {
+pub(super) struct ChanWriter {
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     buf: Vec<u8>,
 }
 
 const CHUNK: usize = 256 * 1024;
+
+impl ChanWriter {
+    /// A writer feeding `tx`.
+    pub(super) fn new(tx: tokio::sync::mpsc::Sender<Vec<u8>>) -> Self {
+        ChanWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+}
 
 impl Write for ChanWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {

@@ -5,6 +5,7 @@
 
 pub mod cgroups;
 pub mod pty;
+pub mod rawapi;
 pub mod usernet;
 
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -293,3 +293,52 @@ fn garbage_is_a_bad_request() {
     .expect_err("junk");
     assert_eq!(err.status(), 400, "{err}");
 }
+
+#[test]
+fn cp_mode_keeps_wh_names_modes_and_dir_kinds() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let s = Sandbox::new();
+    let cp = |no_overwrite: bool, chown: Option<(u32, u32)>, tar: &[u8]| {
+        extract(
+            &mut std::io::Cursor::new(tar),
+            &s.dest,
+            Mode::Cp {
+                no_overwrite_dir_non_dir: no_overwrite,
+                chown,
+            },
+            None,
+        )
+    };
+    cp(
+        false,
+        Some((1234, 4321)),
+        &raw_tar(&[
+            E::Dir("d"),
+            E::File("d/.wh.f", b"plain"),
+            E::File("x", b"1"),
+        ]),
+    )?;
+    // `.wh.` is an ordinary name for `docker cp`, not a whiteout.
+    assert_eq!(std::fs::read(s.dest.join("d/.wh.f"))?, b"plain");
+    let md = std::fs::metadata(s.dest.join("x"))?;
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (1234, 4321, 0o644)
+    );
+    // noOverwriteDirNonDir refuses swapping kinds both ways and changes nothing.
+    let e = cp(true, None, &raw_tar(&[E::File("d", b"file")])).expect_err("dir kept");
+    assert!(e.to_string().contains("cannot overwrite directory"), "{e}");
+    let e = cp(true, None, &raw_tar(&[E::Dir("x")])).expect_err("file kept");
+    assert!(
+        e.to_string().contains("cannot overwrite non-directory"),
+        "{e}"
+    );
+    assert!(s.dest.join("d").is_dir() && s.dest.join("x").is_file());
+    // Without it, a file replaces a directory like dockerd's untar.
+    cp(false, None, &raw_tar(&[E::File("d", b"file")]))?;
+    assert_eq!(std::fs::read(s.dest.join("d"))?, b"file");
+    s.assert_untouched();
+    Ok(())
+}
