@@ -1,0 +1,417 @@
+//! `docker pull` and `docker login` against Debian's `docker-registry` (Distribution v2) on
+//! 127.0.0.1: one plain registry, one with htpasswd basic auth. Images are put into the
+//! registry with the plain upload API from this test (berth has no push yet).
+
+mod common;
+
+use base64::Engine;
+use common::{busybox_rootfs_tar, is_root, Daemon};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+fn sha(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// A `docker-registry` for this test; killed on drop.
+struct Registry {
+    port: u16,
+    child: Child,
+    auth: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    /// Starts a registry on a free loopback port; with `user`, behind htpasswd basic auth.
+    fn start(user: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        let mut auth = None;
+        if let Some((u, p)) = user {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", u, p])
+                .output()
+                .expect("htpasswd (apache2-utils)");
+            assert!(out.status.success(), "htpasswd failed");
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, &out.stdout).expect("write htpasswd");
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                file.display()
+            ));
+            auth = Some(base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
+        }
+        let cfg_path = dir.path().join("config.yml");
+        std::fs::write(&cfg_path, cfg).expect("write registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry (make deps)");
+        let r = Registry {
+            port,
+            child,
+            auth,
+            _dir: dir,
+        };
+        common::until("the registry listens", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        r
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// One HTTP/1.1 request (`Connection: close`): status, headers (lower-case), body.
+    fn http(
+        &self,
+        method: &str,
+        target: &str,
+        ctype: Option<&str>,
+        body: &[u8],
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect registry");
+        let mut head = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.host(),
+            body.len()
+        );
+        if let Some(t) = ctype {
+            head.push_str(&format!("Content-Type: {t}\r\n"));
+        }
+        if let Some(a) = &self.auth {
+            head.push_str(&format!("Authorization: Basic {a}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).expect("send head");
+        s.write_all(body).expect("send body");
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).expect("read response");
+        let split = resp
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("response head");
+        let text = String::from_utf8_lossy(&resp[..split]).to_string();
+        let mut lines = text.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .expect("status line");
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        (status, headers, resp[split + 4..].to_vec())
+    }
+
+    /// Uploads a blob (POST an upload, then PUT it whole with its digest).
+    fn put_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = sha(data);
+        let (st, h, b) = self.http("POST", &format!("/v2/{repo}/blobs/uploads/"), None, b"");
+        assert_eq!(st, 202, "start upload: {}", String::from_utf8_lossy(&b));
+        let loc = h
+            .iter()
+            .find(|(k, _)| k == "location")
+            .map(|(_, v)| v.clone())
+            .expect("upload location");
+        let path = match loc.split_once("://") {
+            Some((_, rest)) => rest[rest.find('/').expect("path")..].to_string(),
+            None => loc,
+        };
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let target = format!("{path}{sep}digest={}", digest.replace(':', "%3A"));
+        let (st, _, b) = self.http("PUT", &target, Some("application/octet-stream"), data);
+        assert_eq!(st, 201, "finish upload: {}", String::from_utf8_lossy(&b));
+        digest
+    }
+
+    /// Stores a manifest under `reference` (a tag); returns its digest.
+    fn put_manifest(&self, repo: &str, reference: &str, manifest: &Value) -> String {
+        let body = serde_json::to_vec(manifest).expect("manifest json");
+        let mt = manifest["mediaType"].as_str().expect("mediaType");
+        let (st, _, b) = self.http(
+            "PUT",
+            &format!("/v2/{repo}/manifests/{reference}"),
+            Some(mt),
+            &body,
+        );
+        assert_eq!(st, 201, "put manifest: {}", String::from_utf8_lossy(&b));
+        sha(&body)
+    }
+}
+
+/// A tar holding one file.
+fn file_tar(name: &str, content: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, name, content.as_bytes())
+        .expect("tar entry");
+    b.into_inner().expect("tar")
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+/// Layers as (uncompressed tar, blob as stored, media type).
+type Layer = (Vec<u8>, Vec<u8>, &'static str);
+
+/// Uploads `layers` and a config for them, then a manifest of `manifest_type` tagged `tag`.
+fn push_image(r: &Registry, repo: &str, tag: &str, layers: &[Layer], oci: bool) -> String {
+    let config = json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| sha(&l.0)).collect::<Vec<_>>()},
+    });
+    let config = serde_json::to_vec(&config).expect("config");
+    let config_digest = r.put_blob(repo, &config);
+    let descs: Vec<Value> = layers
+        .iter()
+        .map(|(_, blob, mt)| {
+            json!({"mediaType": mt, "size": blob.len(), "digest": r.put_blob(repo, blob)})
+        })
+        .collect();
+    let (mt, cmt) = if oci {
+        (
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.config.v1+json",
+        )
+    } else {
+        (
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.container.image.v1+json",
+        )
+    };
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": mt,
+        "config": {"mediaType": cmt, "size": config.len(), "digest": config_digest},
+        "layers": descs,
+    });
+    r.put_manifest(repo, tag, &manifest)
+}
+
+fn busybox_layer(d: &Daemon) -> Vec<u8> {
+    let tar = d.path("busybox.tar");
+    busybox_rootfs_tar(&tar);
+    std::fs::read(&tar).expect("busybox tar")
+}
+
+fn repo_digests(d: &Daemon, image: &str) -> Value {
+    let out = d.ok(&["image", "inspect", image]);
+    let v: Value = serde_json::from_str(&out).expect("inspect json");
+    v[0]["RepoDigests"].clone()
+}
+
+#[test]
+fn pull_from_plain_registry() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let reg = Registry::start(None);
+    let d = Daemon::start();
+    let host = reg.host();
+    let bb = busybox_layer(&d);
+    let hello = file_tar("hello", "hello from layer 2\n");
+    let bb_gz = gzip(&bb);
+    let hello_gz = gzip(&hello);
+    let gz = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    let digest = push_image(
+        &reg,
+        "bb",
+        "1",
+        &[
+            (bb.clone(), bb_gz.clone(), gz),
+            (hello.clone(), hello_gz, gz),
+        ],
+        false,
+    );
+
+    // By tag: the progress lines, then the image runs and records its digest.
+    let out = d.ok(&["pull", &format!("{host}/bb:1")]);
+    assert!(out.contains("1: Pulling from bb"), "{out}");
+    assert!(out.contains("Pull complete"), "{out}");
+    assert!(out.contains(&format!("Digest: {digest}")), "{out}");
+    assert!(
+        out.contains(&format!("Status: Downloaded newer image for {host}/bb:1")),
+        "{out}"
+    );
+    let ran = d.ok(&["run", "--rm", &format!("{host}/bb:1"), "cat", "/hello"]);
+    assert_eq!(ran, "hello from layer 2");
+    assert_eq!(
+        repo_digests(&d, &format!("{host}/bb:1")),
+        json!([format!("{host}/bb@{digest}")])
+    );
+
+    // Again: nothing to fetch.
+    let out = d.ok(&["pull", &format!("{host}/bb:1")]);
+    assert!(
+        out.contains(&format!("Status: Image is up to date for {host}/bb:1")),
+        "{out}"
+    );
+
+    // By digest, after removing the image: the busybox layer is fetched again and checked.
+    d.ok(&["rmi", &format!("{host}/bb:1")]);
+    let by_digest = format!("{host}/bb@{digest}");
+    let out = d.ok(&["pull", &by_digest]);
+    assert!(out.contains(&format!("Digest: {digest}")), "{out}");
+    let ran = d.ok(&["run", "--rm", &by_digest, "cat", "/hello"]);
+    assert_eq!(ran, "hello from layer 2");
+
+    // An OCI index: linux/amd64 is chosen (the arm64 entry is the busybox-only image);
+    // uncompressed and zstd layers.
+    let extra = file_tar("extra", "zstd layer\n");
+    let extra_zst = zstd::encode_all(&extra[..], 3).expect("zstd");
+    let amd = push_image(
+        &reg,
+        "multi",
+        "amd64-only",
+        &[
+            (
+                bb.clone(),
+                bb_gz.clone(),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            ),
+            (
+                hello.clone(),
+                hello.clone(),
+                "application/vnd.oci.image.layer.v1.tar",
+            ),
+            (
+                extra.clone(),
+                extra_zst,
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ),
+        ],
+        true,
+    );
+    let arm = push_image(
+        &reg,
+        "multi",
+        "arm64-only",
+        &[(
+            bb.clone(),
+            bb_gz,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )],
+        true,
+    );
+    let size = |tag: &str| {
+        let (_, h, _) = reg.http("HEAD", &format!("/v2/multi/manifests/{tag}"), None, b"");
+        h.iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .expect("manifest size")
+    };
+    let mt = "application/vnd.oci.image.manifest.v1+json";
+    let index = json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": mt, "digest": arm, "size": size("arm64-only"), "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": mt, "digest": amd, "size": size("amd64-only"), "platform": {"architecture": "amd64", "os": "linux"}},
+        ],
+    });
+    let index_digest = reg.put_manifest("multi", "1", &index);
+    let out = d.ok(&["pull", &format!("{host}/multi:1")]);
+    assert!(out.contains(&format!("Digest: {index_digest}")), "{out}");
+    // The busybox layer is shared with the image pulled before.
+    assert!(out.contains("Already exists"), "{out}");
+    let ran = d.ok(&[
+        "run",
+        "--rm",
+        &format!("{host}/multi:1"),
+        "cat",
+        "/hello",
+        "/extra",
+    ]);
+    assert_eq!(ran, "hello from layer 2\nzstd layer");
+
+    // A missing tag: dockerd's 404 wording; an unreachable registry.
+    let err = d.fails(&["pull", &format!("{host}/bb:nope")]);
+    assert!(
+        err.contains(&format!(
+            "manifest for {host}/bb:nope not found: manifest unknown: manifest unknown"
+        )),
+        "{err}"
+    );
+    let err = d.fails(&["pull", "127.0.0.1:1/bb:1"]);
+    assert!(
+        err.contains(
+            r#"Get "http://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused"#
+        ),
+        "{err}"
+    );
+}
+
+fn write_docker_auth(d: &Daemon, host: &str, user: &str, pass: &str) {
+    let dir = d.path("dc");
+    std::fs::create_dir_all(&dir).expect("docker config dir");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    let cfg = json!({"auths": {host: {"auth": auth}}});
+    std::fs::write(Path::new(&dir).join("config.json"), cfg.to_string()).expect("config.json");
+}
+
+#[test]
+fn login_and_pull_with_basic_auth() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let reg = Registry::start(Some(("gamer", "s3cret")));
+    let d = Daemon::start();
+    let host = reg.host();
+    let bb = busybox_layer(&d);
+    let gz = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    let bb_gz = gzip(&bb);
+    push_image(&reg, "priv/bb", "1", &[(bb, bb_gz, gz)], false);
+    let image = format!("{host}/priv/bb:1");
+
+    let err = d.fails(&["pull", &image]);
+    assert!(err.contains("no basic auth credentials"), "{err}");
+
+    let err = d.fails(&["login", "-u", "gamer", "-p", "wrong", &host]);
+    assert!(err.contains("401 Unauthorized"), "{err}");
+    let out = d.ok(&["login", "-u", "gamer", "-p", "s3cret", &host]);
+    assert!(out.contains("Login Succeeded"), "{out}");
+    let out = d.ok(&["pull", &image]);
+    assert!(
+        out.contains(&format!("Downloaded newer image for {image}")),
+        "{out}"
+    );
+    assert_eq!(d.ok(&["run", "--rm", &image, "echo", "in"]), "in");
+
+    // Credentials gone bad after login.
+    write_docker_auth(&d, &host, "gamer", "nope");
+    let err = d.fails(&["pull", &format!("{host}/priv/bb:2")]);
+    assert!(err.contains("unauthorized"), "{err}");
+}
