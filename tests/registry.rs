@@ -82,6 +82,17 @@ impl Registry {
         r
     }
 
+    /// Where the registry keeps a blob's bytes (its filesystem driver's layout).
+    fn blob_file(&self, digest: &str) -> std::path::PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self._dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -414,4 +425,44 @@ fn login_and_pull_with_basic_auth() {
     write_docker_auth(&d, &host, "gamer", "nope");
     let err = d.fails(&["pull", &format!("{host}/priv/bb:2")]);
     assert!(err.contains("unauthorized"), "{err}");
+}
+
+#[test]
+fn pull_refuses_a_corrupted_layer() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let reg = Registry::start(None);
+    let d = Daemon::start();
+    let host = reg.host();
+    let layer = file_tar("payload", "the real content\n");
+    let blob = gzip(&layer);
+    let gz = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    push_image(
+        &reg,
+        "bad",
+        "1",
+        &[(layer.clone(), blob.clone(), gz)],
+        false,
+    );
+    // The registry serves whatever is on its disk: same length, other bytes.
+    let mut evil = blob.clone();
+    let mid = evil.len() / 2;
+    evil[mid] ^= 0xff;
+    std::fs::write(reg.blob_file(&sha(&blob)), &evil).expect("corrupt the blob");
+
+    let image = format!("{host}/bad:1");
+    let err = d.fails(&["pull", &image]);
+    assert!(
+        err.contains(&format!(
+            "filesystem layer verification failed for digest {}",
+            sha(&blob)
+        )),
+        "{err}"
+    );
+    // Nothing of it is visible.
+    let err = d.fails(&["image", "inspect", &image]);
+    assert!(err.contains("No such image"), "{err}");
+    assert_eq!(d.ok(&["images", "-q"]), "");
 }

@@ -331,9 +331,23 @@ async fn download(
     let mut out = tokio::io::BufWriter::new(tokio::fs::File::from_std(handle));
     let mut hasher = Sha256::new();
     let (mut cur, mut shown) = (0u64, 0u64);
+    let verify_failed = || {
+        ApiError::Internal(format!(
+            "filesystem layer verification failed for digest {}",
+            layer.digest
+        ))
+    };
     while let Some(chunk) = s.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::internal(&format!("download layer {}", layer.digest), e))?;
+        let chunk = chunk.map_err(|e| {
+            // oci-client checks the digest too, at the end of the stream.
+            let digest = e
+                .get_ref()
+                .and_then(|x| x.downcast_ref::<oci_client::errors::DigestError>());
+            match digest {
+                Some(oci_client::errors::DigestError::VerificationError { .. }) => verify_failed(),
+                _ => ApiError::internal(&format!("download layer {}", layer.digest), e),
+            }
+        })?;
         hasher.update(&chunk);
         out.write_all(&chunk)
             .await
@@ -363,10 +377,7 @@ async fn download(
     )
     .await;
     if format!("sha256:{}", hex::encode(hasher.finalize())) != layer.digest {
-        return Err(ApiError::Internal(format!(
-            "filesystem layer verification failed for digest {}",
-            layer.digest
-        )));
+        return Err(verify_failed());
     }
     say(
         &tx,
