@@ -82,7 +82,12 @@ pub struct Flags {
     pub sysfs_root: Option<PathBuf>,
     /// A registry (`host[:port]`) or network (CIDR) reached over plain HTTP; repeatable.
     /// Loopback registries always are.
-    #[arg(long = "insecure-registry", value_name = "REGISTRY")]
+    #[arg(
+        long = "insecure-registry",
+        env = "BERTH_INSECURE_REGISTRIES",
+        value_name = "REGISTRY",
+        value_delimiter = ','
+    )]
     pub insecure_registries: Vec<String>,
     /// A command instead of running the daemon.
     #[command(subcommand)]

@@ -5,7 +5,7 @@
 mod common;
 
 use base64::Engine;
-use common::{busybox_rootfs_tar, is_root, Daemon};
+use common::{busybox_rootfs_tar, is_root, Daemon, Launch};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -19,6 +19,7 @@ fn sha(data: &[u8]) -> String {
 
 /// A `docker-registry` for this test; killed on drop.
 struct Registry {
+    ip: String,
     port: u16,
     child: Child,
     auth: Option<String>,
@@ -35,13 +36,18 @@ impl Drop for Registry {
 impl Registry {
     /// Starts a registry on a free loopback port; with `user`, behind htpasswd basic auth.
     fn start(user: Option<(&str, &str)>) -> Registry {
+        Registry::start_on("127.0.0.1", user)
+    }
+
+    /// Starts a registry on a free port of `ip`.
+    fn start_on(ip: &str, user: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let port = std::net::TcpListener::bind((ip, 0))
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let mut cfg = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {ip}:{port}\n",
             dir.path().join("data").display()
         );
         let mut auth = None;
@@ -71,13 +77,14 @@ impl Registry {
             .spawn()
             .expect("start docker-registry (make deps)");
         let r = Registry {
+            ip: ip.to_string(),
             port,
             child,
             auth,
             _dir: dir,
         };
         common::until("the registry listens", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+            TcpStream::connect((ip, port)).is_ok()
         });
         r
     }
@@ -94,7 +101,7 @@ impl Registry {
     }
 
     fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// One HTTP/1.1 request (`Connection: close`): status, headers (lower-case), body.
@@ -105,7 +112,7 @@ impl Registry {
         ctype: Option<&str>,
         body: &[u8],
     ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect registry");
+        let mut s = TcpStream::connect((self.ip.as_str(), self.port)).expect("connect registry");
         let mut head = format!(
             "{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
             self.host(),
@@ -465,4 +472,65 @@ fn pull_refuses_a_corrupted_layer() {
     let err = d.fails(&["image", "inspect", &image]);
     assert!(err.contains("No such image"), "{err}");
     assert_eq!(d.ok(&["images", "-q"]), "");
+}
+
+/// A global IPv4 address of this host, if it has one.
+fn host_ip() -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let addr = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)?;
+    Some(addr.split('/').next()?.to_string())
+}
+
+#[test]
+fn insecure_registry_flag_allows_plain_http() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let Some(ip) = host_ip() else {
+        eprintln!("skipped: no global IPv4 address for a non-loopback registry");
+        return;
+    };
+    let reg = Registry::start_on(&ip, None);
+    let host = reg.host();
+    let layer = file_tar("payload", "over plain http\n");
+    let gz = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    push_image(
+        &reg,
+        "plain",
+        "1",
+        &[(layer.clone(), gzip(&layer), gz)],
+        false,
+    );
+    let image = format!("{host}/plain:1");
+
+    // Not loopback, not listed: HTTPS, which this registry does not speak.
+    let d = Daemon::start();
+    let err = d.fails(&["pull", &image]);
+    assert!(
+        err.contains(&format!(
+            "Get \"https://{host}/v2/\": http: server gave HTTP response to HTTPS client"
+        )),
+        "{err}"
+    );
+    drop(d);
+
+    // Listed by network (CIDR): plain HTTP.
+    let d = Daemon::start_with(Launch {
+        env: vec![("BERTH_INSECURE_REGISTRIES".into(), format!("{ip}/32"))],
+        ..Default::default()
+    });
+    let out = d.ok(&["pull", &image]);
+    assert!(
+        out.contains(&format!("Downloaded newer image for {image}")),
+        "{out}"
+    );
+    assert_eq!(d.ok(&["create", "--name", "c1", &image, "true"]).len(), 64);
 }

@@ -172,8 +172,15 @@ fn request_error(r: &reqwest::Error) -> String {
     let mut cur: Option<&dyn std::error::Error> = Some(r);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            let text = io.to_string();
+            // TLS spoken to a plain-HTTP server: rustls reads a non-TLS record.
+            if text.to_ascii_lowercase().contains("invalidcontenttype") {
+                return "http: server gave HTTP response to HTTPS client".into();
+            }
+            if io.kind() == std::io::ErrorKind::InvalidData {
+                return format!("tls: {text}");
+            }
             if r.is_connect() {
-                let text = io.to_string();
                 let text = text
                     .split(" (os error")
                     .next()
