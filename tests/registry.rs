@@ -306,6 +306,17 @@ fn pull_from_plain_registry() {
     let ran = d.ok(&["run", "--rm", &by_digest, "cat", "/hello"]);
     assert_eq!(ran, "hello from layer 2");
 
+    // `docker run` of an image that is not here pulls it (create → 404 → pull → create).
+    d.ok(&["rmi", &by_digest]);
+    let out = d.docker(&["run", "--rm", &format!("{host}/bb:1"), "cat", "/hello"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Unable to find image"), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from layer 2"
+    );
+
     // An OCI index: linux/amd64 is chosen (the arm64 entry is the busybox-only image);
     // uncompressed and zstd layers.
     let extra = file_tar("extra", "zstd layer\n");
