@@ -24,6 +24,7 @@ struct Registry {
     child: Child,
     auth: Option<String>,
     _dir: tempfile::TempDir,
+    _extra: Option<tempfile::TempDir>,
 }
 
 impl Drop for Registry {
@@ -41,6 +42,16 @@ impl Registry {
 
     /// Starts a registry on a free port of `ip`.
     fn start_on(ip: &str, user: Option<(&str, &str)>) -> Registry {
+        Registry::start_cfg(ip, user, None)
+    }
+
+    /// Starts a registry; `extra` is more of its config (an `auth:` section) and the
+    /// Authorization header this test's own uploads use.
+    fn start_cfg(
+        ip: &str,
+        user: Option<(&str, &str)>,
+        extra: Option<(String, String, tempfile::TempDir)>,
+    ) -> Registry {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = std::net::TcpListener::bind((ip, 0))
             .and_then(|l| l.local_addr())
@@ -63,7 +74,14 @@ impl Registry {
                 "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
                 file.display()
             ));
-            auth = Some(base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
+            let pair = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            auth = Some(format!("Basic {pair}"));
+        }
+        let mut keep = None;
+        if let Some((section, header, d)) = extra {
+            cfg.push_str(&section);
+            auth = Some(header);
+            keep = Some(d);
         }
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg).expect("write registry config");
@@ -82,6 +100,7 @@ impl Registry {
             child,
             auth,
             _dir: dir,
+            _extra: keep,
         };
         common::until("the registry listens", || {
             TcpStream::connect((ip, port)).is_ok()
@@ -122,7 +141,7 @@ impl Registry {
             head.push_str(&format!("Content-Type: {t}\r\n"));
         }
         if let Some(a) = &self.auth {
-            head.push_str(&format!("Authorization: Basic {a}\r\n"));
+            head.push_str(&format!("Authorization: {a}\r\n"));
         }
         head.push_str("\r\n");
         s.write_all(head.as_bytes()).expect("send head");
@@ -544,4 +563,213 @@ fn insecure_registry_flag_allows_plain_http() {
         "{out}"
     );
     assert_eq!(d.ok(&["create", "--name", "c1", &image, "true"]).len(), 64);
+}
+
+/// A token service for a registry with `auth: token`: RS256 JWTs signed with a self-signed
+/// certificate (sent in `x5c`) that the registry trusts, given for basic credentials.
+struct TokenService {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+const SERVICE: &str = "berth-test";
+const ISSUER: &str = "berth-test-issuer";
+
+fn b64url(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+impl TokenService {
+    fn start(user: &str, pass: &str) -> TokenService {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let st = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=berth-test-token"])
+            .arg("-keyout")
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("cert.pem"))
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(st.success(), "openssl req failed");
+        let st = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(dir.path().join("cert.pem"))
+            .arg("-out")
+            .arg(dir.path().join("cert.der"))
+            .status()
+            .expect("openssl");
+        assert!(st.success(), "openssl x509 failed");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind token service");
+        let port = listener.local_addr().expect("addr").port();
+        let key_dir = dir.path().to_path_buf();
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        );
+        // Serves until the test process ends (blocked in accept, holding nothing else).
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = serve_token(conn, &key_dir, &expected);
+            }
+        });
+        TokenService { dir, port }
+    }
+
+    fn jwt(&self, repo: &str, actions: &[&str]) -> String {
+        jwt(self.dir.path(), repo, actions)
+    }
+
+    /// The registry's `auth:` section.
+    fn section(&self) -> String {
+        format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            self.port,
+            self.dir.path().join("cert.pem").display()
+        )
+    }
+}
+
+fn jwt(dir: &Path, repo: &str, actions: &[&str]) -> String {
+    let der = std::fs::read(dir.join("cert.der")).expect("cert.der");
+    let header = json!({"alg": "RS256", "typ": "JWT",
+        "x5c": [base64::engine::general_purpose::STANDARD.encode(der)]});
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let access: Vec<Value> = if repo.is_empty() {
+        vec![]
+    } else {
+        vec![json!({"type": "repository", "name": repo, "actions": actions})]
+    };
+    let claims = json!({"iss": ISSUER, "sub": "gamer", "aud": SERVICE, "exp": now + 600,
+        "nbf": now - 60, "iat": now - 60, "jti": format!("{now}-{}", rand_jti()), "access": access});
+    let input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(dir.join("key.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl dgst");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write signing input");
+    let out = child.wait_with_output().expect("openssl dgst");
+    assert!(out.status.success(), "openssl dgst failed");
+    format!("{input}.{}", b64url(&out.stdout))
+}
+
+fn rand_jti() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+/// One token request: 401 unless the basic credentials match, else a token for the scope.
+fn serve_token(mut conn: TcpStream, dir: &Path, expected: &str) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let target = text.split_whitespace().nth(1).unwrap_or("").to_string();
+    let authorized = text.lines().any(|l| {
+        l.split_once(':')
+            .is_some_and(|(k, v)| k.eq_ignore_ascii_case("authorization") && v.trim() == expected)
+    });
+    let scope = target
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("scope="))
+        .map(|s| {
+            s.replace("%3A", ":")
+                .replace("%2F", "/")
+                .replace("%2C", ",")
+        })
+        .unwrap_or_default();
+    let (status, body) = if !authorized {
+        (
+            "401 Unauthorized",
+            r#"{"details":"incorrect username or password"}"#.to_string(),
+        )
+    } else {
+        // repository:<name>:<actions>
+        let parts: Vec<&str> = scope.splitn(2, ':').collect();
+        let (repo, actions) = match parts.get(1).and_then(|r| r.rsplit_once(':')) {
+            Some((name, acts)) => (name.to_string(), acts.split(',').collect::<Vec<_>>()),
+            None => (String::new(), vec![]),
+        };
+        let t = jwt(dir, &repo, &actions);
+        (
+            "200 OK",
+            json!({"token": t, "access_token": t, "expires_in": 600}).to_string(),
+        )
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(resp.as_bytes())
+}
+
+#[test]
+fn login_and_pull_with_bearer_token_auth() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tokens = TokenService::start("gamer", "t0ken");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let upload = format!("Bearer {}", tokens.jwt("tok/bb", &["pull", "push"]));
+    let reg = Registry::start_cfg("127.0.0.1", None, Some((tokens.section(), upload, tmp)));
+    let d = Daemon::start();
+    let host = reg.host();
+    let layer = file_tar("secret", "behind a token\n");
+    let gz = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    push_image(
+        &reg,
+        "tok/bb",
+        "1",
+        &[(layer.clone(), gzip(&layer), gz)],
+        false,
+    );
+    let image = format!("{host}/tok/bb:1");
+
+    let err = d.fails(&["pull", &image]);
+    assert!(
+        err.contains("unauthorized: incorrect username or password"),
+        "{err}"
+    );
+    let err = d.fails(&["login", "-u", "gamer", "-p", "wrong", &host]);
+    assert!(
+        err.contains(&format!(
+            "Get \"http://{host}/v2/\": unauthorized: incorrect username or password"
+        )),
+        "{err}"
+    );
+    let out = d.ok(&["login", "-u", "gamer", "-p", "t0ken", &host]);
+    assert!(out.contains("Login Succeeded"), "{out}");
+    let out = d.ok(&["pull", &image]);
+    assert!(
+        out.contains(&format!("Downloaded newer image for {image}")),
+        "{out}"
+    );
+    let v: Value =
+        serde_json::from_str(&d.ok(&["image", "inspect", &image])).expect("inspect json");
+    assert_eq!(v[0]["RootFS"]["Layers"], json!([sha(&layer)]));
 }

@@ -110,10 +110,16 @@ pub async fn login(req: &LoginRequest, insecure: &Insecure) -> ApiResult<()> {
         .await
         .map_err(net)?;
     if tok.status().is_success() {
-        Ok(())
-    } else {
-        Err(failed(tok.status(), &realm))
+        return Ok(());
     }
+    if tok.status() != reqwest::StatusCode::UNAUTHORIZED {
+        return Err(failed(tok.status(), &realm));
+    }
+    let body = tok.text().await.unwrap_or_default();
+    Err(ApiError::Internal(format!(
+        "Get \"{url}\": unauthorized: {}",
+        super::registry::token_error_text(&body)
+    )))
 }
 
 #[cfg(test)]

@@ -152,6 +152,27 @@ fn envelope_text(envelope: &OciEnvelope) -> String {
         .join(", ")
 }
 
+/// What a token service's refusal says: its `details`, or its errors' messages, or the
+/// body itself.
+pub fn token_error_text(body: &str) -> String {
+    let v: serde_json::Value = match serde_json::from_str(body) {
+        Ok(v) => v,
+        Err(_) => return body.trim().to_string(),
+    };
+    if let Some(d) = v["details"].as_str() {
+        return d.to_string();
+    }
+    let msgs: Vec<&str> = v["errors"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["message"].as_str()).collect())
+        .unwrap_or_default();
+    if msgs.is_empty() {
+        body.trim().to_string()
+    } else {
+        msgs.join(", ")
+    }
+}
+
 /// The error and its causes, joined like Go's wrapped errors.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
@@ -241,7 +262,7 @@ pub fn registry_error(
             ApiError::Internal(format!("{step} \"{url}\": {why}"))
         }
         OciDistributionError::AuthenticationFailure(m) => {
-            ApiError::Internal(format!("{step}: unauthorized: {}", m.trim()))
+            ApiError::Internal(format!("unauthorized: {}", token_error_text(&m)))
         }
         OciDistributionError::RequestError(r) => {
             let url = r.url().map(|u| u.to_string()).unwrap_or_default();
