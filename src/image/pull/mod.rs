@@ -11,6 +11,7 @@
 //! Not here yet: `--registry-mirror`, push, the HTTPS-then-HTTP fallback dockerd uses for
 //! insecure registries (they are plain HTTP right away).
 
+mod download;
 pub mod login;
 pub mod registry;
 
@@ -22,25 +23,20 @@ use super::layers::chain_id;
 use super::reference::{is_digest, Reference};
 use super::{host_arch, ImageStore};
 use crate::error::{ApiError, ApiResult};
+use download::{download, Downloads};
 use futures::StreamExt;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
 use registry::registry_error;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::Sender;
-use tokio::task::JoinHandle;
 
 /// Largest manifest or index accepted (dockerd's limit).
 const MAX_MANIFEST: u64 = 4 << 20;
 /// Largest image config accepted.
 const MAX_CONFIG: u64 = 8 << 20;
-/// A `Downloading` line at most every this many bytes.
-const PROGRESS_STEP: u64 = 512 << 10;
 
 const ACCEPT: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -290,101 +286,6 @@ pub async fn prepare(
     plan.diff_ids = cfg.rootfs.diff_ids;
     plan.layers = m.layers;
     Ok(plan)
-}
-
-/// Aborts the download tasks still running when a pull ends early.
-struct Downloads(Vec<Option<JoinHandle<ApiResult<tempfile::NamedTempFile>>>>);
-
-impl Drop for Downloads {
-    fn drop(&mut self) {
-        for h in self.0.iter().flatten() {
-            h.abort();
-        }
-    }
-}
-
-/// Downloads one layer blob into a temp file under `tmp`, reporting progress and checking
-/// the digest.
-async fn download(
-    plan_client: Arc<Client>,
-    oref: oci_client::Reference,
-    layer: Desc,
-    tmp: PathBuf,
-    anonymous: bool,
-    tx: Sender<Vec<u8>>,
-) -> ApiResult<tempfile::NamedTempFile> {
-    let id = short(&layer.digest);
-    let mut s = plan_client
-        .pull_blob_stream(&oref, layer.digest.as_str())
-        .await
-        .map_err(|e| registry_error(e, "Get", None, anonymous))?;
-    let total = u64::try_from(layer.size)
-        .ok()
-        .filter(|n| *n > 0)
-        .or(s.content_length)
-        .unwrap_or(0);
-    let file = tempfile::NamedTempFile::new_in(&tmp)
-        .map_err(|e| ApiError::internal("create download file", e))?;
-    let handle = file
-        .reopen()
-        .map_err(|e| ApiError::internal("open download file", e))?;
-    let mut out = tokio::io::BufWriter::new(tokio::fs::File::from_std(handle));
-    let mut hasher = Sha256::new();
-    let (mut cur, mut shown) = (0u64, 0u64);
-    let verify_failed = || {
-        ApiError::Internal(format!(
-            "filesystem layer verification failed for digest {}",
-            layer.digest
-        ))
-    };
-    while let Some(chunk) = s.next().await {
-        let chunk = chunk.map_err(|e| {
-            // oci-client checks the digest too, at the end of the stream.
-            let digest = e
-                .get_ref()
-                .and_then(|x| x.downcast_ref::<oci_client::errors::DigestError>());
-            match digest {
-                Some(oci_client::errors::DigestError::VerificationError { .. }) => verify_failed(),
-                _ => ApiError::internal(&format!("download layer {}", layer.digest), e),
-            }
-        })?;
-        hasher.update(&chunk);
-        out.write_all(&chunk)
-            .await
-            .map_err(|e| ApiError::internal("write download file", e))?;
-        cur += chunk.len() as u64;
-        if layer.size > 0 && cur > total {
-            return Err(ApiError::Internal(format!(
-                "layer {} is larger than its manifest says ({total} bytes)",
-                layer.digest
-            )));
-        }
-        if cur - shown >= PROGRESS_STEP || cur == total {
-            shown = cur;
-            say(
-                &tx,
-                json!({"status": "Downloading", "progressDetail": {"current": cur, "total": total}, "id": id}),
-            )
-            .await;
-        }
-    }
-    out.flush()
-        .await
-        .map_err(|e| ApiError::internal("write download file", e))?;
-    say(
-        &tx,
-        json!({"status": "Verifying Checksum", "progressDetail": {}, "id": id}),
-    )
-    .await;
-    if format!("sha256:{}", hex::encode(hasher.finalize())) != layer.digest {
-        return Err(verify_failed());
-    }
-    say(
-        &tx,
-        json!({"status": "Download complete", "progressDetail": {}, "id": id}),
-    )
-    .await;
-    Ok(file)
 }
 
 /// Streams the pull of a prepared image into `tx` and records it.
