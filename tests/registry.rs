@@ -167,6 +167,11 @@ fn pull_from_plain_registry() {
         )),
         "{err}"
     );
+    let err = d.fails(&["pull", "-a", &format!("{host}/bb")]);
+    assert!(
+        err.contains("(docker pull -a) is not supported yet"),
+        "{err}"
+    );
     let err = d.fails(&["pull", "127.0.0.1:1/bb:1"]);
     assert!(
         err.contains(
@@ -304,6 +309,12 @@ fn insecure_registry_flag_allows_plain_http() {
         "{out}"
     );
     assert_eq!(d.ok(&["create", "--name", "c1", &image, "true"]).len(), 64);
+    let cidrs = d.ok(&[
+        "info",
+        "--format",
+        "{{json .RegistryConfig.InsecureRegistryCIDRs}}",
+    ]);
+    assert_eq!(cidrs, format!(r#"["127.0.0.0/8","{ip}/32"]"#));
 }
 
 #[test]

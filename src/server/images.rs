@@ -180,6 +180,12 @@ async fn load(d: &Daemon, req: Request) -> ApiResult<Response> {
 async fn pull(d: &Daemon, req: &Request, from: &str) -> ApiResult<Response> {
     let tag = req.q("tag").unwrap_or("");
     let full = if tag.is_empty() {
+        // The CLI always names a tag, except for `docker pull -a`.
+        if Reference::parse(from)?.is_name_only() {
+            return Err(ApiError::NotImplemented(
+                "pulling all tags of a repository (docker pull -a) is not supported yet".into(),
+            ));
+        }
         from.to_string()
     } else if tag.contains(':') {
         format!("{from}@{tag}")

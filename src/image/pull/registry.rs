@@ -53,6 +53,18 @@ impl Insecure {
         Ok(out)
     }
 
+    /// `/info` `RegistryConfig.InsecureRegistryCIDRs` (loopback first, as dockerd lists it).
+    pub fn cidrs(&self) -> Vec<String> {
+        let mut v = vec!["127.0.0.0/8".to_string()];
+        v.extend(self.nets.iter().map(|n| n.to_string()));
+        v
+    }
+
+    /// The registries listed by name.
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
     /// Whether `registry` (`host[:port]`) is pulled from over plain HTTP.
     pub fn allows(&self, registry: &str) -> bool {
         let registry = registry.to_ascii_lowercase();
