@@ -60,6 +60,23 @@ fn pull_from_plain_registry() {
     );
     let ran = d.ok(&["run", "--rm", &format!("{host}/bb:1"), "cat", "/hello"]);
     assert_eq!(ran, "hello from layer 2");
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 1;
+    let events = d.ok(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        &until.to_string(),
+        "--filter",
+        "event=pull",
+        "--format",
+        "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}",
+    ]);
+    assert_eq!(events, format!("image pull {host}/bb:1"));
     assert_eq!(
         repo_digests(&d, &format!("{host}/bb:1")),
         json!([format!("{host}/bb@{digest}")])
@@ -145,6 +162,16 @@ fn pull_from_plain_registry() {
         ],
     });
     let index_digest = reg.put_manifest("multi", "1", &index);
+    let arm_only = json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [index["manifests"][0].clone()],
+    });
+    reg.put_manifest("multi", "arm", &arm_only);
+    let err = d.fails(&["pull", &format!("{host}/multi:arm")]);
+    assert!(
+        err.contains("no matching manifest for linux/amd64 in the manifest list entries"),
+        "{err}"
+    );
     let out = d.ok(&["pull", &format!("{host}/multi:1")]);
     assert!(out.contains(&format!("Digest: {index_digest}")), "{out}");
     // The busybox layer is shared with the image pulled before.
