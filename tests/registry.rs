@@ -186,6 +186,20 @@ fn pull_from_plain_registry() {
     ]);
     assert_eq!(ran, "hello from layer 2\nzstd layer");
 
+    // More layers than downloads run at once (3): all arrive, in order.
+    let mut many = vec![(bb.clone(), gzip(&bb), gz)];
+    for i in 0..5 {
+        let t = file_tar(&format!("f{i}"), &format!("{i}\n"));
+        many.push((t.clone(), gzip(&t), gz));
+    }
+    push_image(&reg, "many", "1", &many, false);
+    let image = format!("{host}/many:1");
+    d.ok(&["pull", &image]);
+    let ran = d.ok(&[
+        "run", "--rm", &image, "cat", "/f0", "/f1", "/f2", "/f3", "/f4",
+    ]);
+    assert_eq!(ran, "0\n1\n2\n3\n4");
+
     // A missing tag: dockerd's 404 wording; an unreachable registry.
     let err = d.fails(&["pull", &format!("{host}/bb:nope")]);
     assert!(

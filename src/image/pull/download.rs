@@ -11,9 +11,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::Sender;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use super::registry::registry_error;
+
+/// Layers downloaded at once per pull (dockerd's default `--max-concurrent-downloads`).
+pub(super) const MAX_DOWNLOADS: usize = 3;
 
 /// A `Downloading` line at most every this many bytes.
 const PROGRESS_STEP: u64 = 512 << 10;
@@ -38,7 +42,13 @@ pub(super) async fn download(
     tmp: PathBuf,
     anonymous: bool,
     tx: Sender<Vec<u8>>,
+    slots: Arc<Semaphore>,
 ) -> ApiResult<tempfile::NamedTempFile> {
+    // Fair: the layers asked for first (the bottom ones) get the first slots.
+    let _slot = slots
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal("wait for a download slot", e))?;
     let id = short(&layer.digest);
     let mut s = plan_client
         .pull_blob_stream(&oref, layer.digest.as_str())

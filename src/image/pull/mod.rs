@@ -3,13 +3,14 @@
 //! [`prepare`] does everything that can fail before the first progress line (credentials,
 //! manifest, index → linux/<host arch>, config), so an unknown image is a plain 404 as with
 //! dockerd. [`run`] then streams the JSON messages the CLI draws: missing layers download
-//! in parallel into temp files (each one's digest checked), and are unpacked bottom-up,
-//! each as soon as it and the ones below it are there, through the same layer store
-//! `docker load` uses ([`super::layers::Layers::register`], which checks the diff id).
-//! The image then gets its tag and its `name@digest` reference (`RepoDigests`).
+//! in parallel (three at a time) into temp files (each one's digest checked), and are
+//! unpacked bottom-up, each as soon as it and the ones below it are there, through the same
+//! layer store `docker load` uses ([`super::layers::Layers::register`], which checks the
+//! diff id). The image then gets its tag and its `name@digest` reference (`RepoDigests`).
 //!
-//! Not here yet: `--registry-mirror`, push, the HTTPS-then-HTTP fallback dockerd uses for
-//! insecure registries (they are plain HTTP right away).
+//! Not here yet: `--registry-mirror`, push, `pull -a`, unpacking while a layer is still
+//! downloading, sharing a blob between two concurrent pulls of it, the HTTPS-then-HTTP
+//! fallback dockerd uses for insecure registries (they are plain HTTP right away).
 
 mod download;
 pub mod login;
@@ -336,6 +337,7 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
         )
         .await;
     }
+    let slots = Arc::new(tokio::sync::Semaphore::new(download::MAX_DOWNLOADS));
     for (layer, have) in plan.layers.iter().zip(&present) {
         downloads.0.push((!have).then(|| {
             tokio::spawn(download(
@@ -345,6 +347,7 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
                 images.tmp.clone(),
                 plan.anonymous,
                 tx.clone(),
+                slots.clone(),
             ))
         }));
     }
