@@ -5,7 +5,7 @@ PROFILE ?= debug
 BIN := target/$(PROFILE)
 RUN_ROOT ?= /tmp/berth-dev
 RUN_SOCK ?= $(RUN_ROOT)/berth.sock
-APT_PKGS := libseccomp-dev pkg-config busybox-static nftables iproute2 iperf3 tini procps ca-certificates conntrack lxcfs
+APT_PKGS := libseccomp-dev pkg-config busybox-static nftables iproute2 iperf3 tini procps ca-certificates conntrack lxcfs docker-registry apache2-utils openssl
 
 .PHONY: help deps build run test unit integration lint bench bench-upgrade install clean
 

@@ -80,6 +80,15 @@ pub struct Flags {
     /// Root of the sysfs tree the CPU topology is read from (tests: a fake tree).
     #[arg(long, env = "BERTH_SYSFS_ROOT", hide = true, value_name = "PATH")]
     pub sysfs_root: Option<PathBuf>,
+    /// A registry (`host[:port]`) or network (CIDR) reached over plain HTTP; repeatable.
+    /// Loopback registries always are.
+    #[arg(
+        long = "insecure-registry",
+        env = "BERTH_INSECURE_REGISTRIES",
+        value_name = "REGISTRY",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
     /// A command instead of running the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -131,6 +140,7 @@ pub struct FileConfig {
     log_driver: Option<String>,
     log_opts: Option<HashMap<String, String>>,
     lxcfs: Option<LxcfsKey>,
+    insecure_registries: Option<Vec<String>>,
     #[serde(default)]
     debug: bool,
 }
@@ -172,6 +182,8 @@ pub struct Config {
     pub reserved_cpus: CpuSet,
     /// `--sysfs-root` (`/sys`): where the CPU topology is read.
     pub sysfs_root: PathBuf,
+    /// `--insecure-registry`: registries and networks pulled from over plain HTTP.
+    pub insecure_registries: crate::image::pull::Insecure,
 }
 
 impl Config {
@@ -246,6 +258,10 @@ impl Config {
             Some(list) => reserved_from_flag(&list, &sysfs_root).map_err(anyhow::Error::msg)?,
             None => CpuSet::new(),
         };
+        let mut insecure = flags.insecure_registries;
+        insecure.extend(file.insecure_registries.unwrap_or_default());
+        let insecure_registries =
+            crate::image::pull::Insecure::parse(&insecure).map_err(anyhow::Error::msg)?;
         Ok(Config {
             hosts,
             data_root: flags
@@ -276,6 +292,7 @@ impl Config {
             lxcfs,
             reserved_cpus,
             sysfs_root,
+            insecure_registries,
         })
     }
 }

@@ -408,14 +408,15 @@ pub fn extract(
 ) -> ApiResult<Extracted> {
     let mut br = BufReader::with_capacity(64 * 1024, src);
     let head = br.fill_buf().map_err(stream_err)?;
-    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(ApiError::BadRequest(
-            "unpack: zstd-compressed layers are not supported".into(),
-        ));
-    }
+    let zstd = head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
     let gz = head.starts_with(&[0x1f, 0x8b]);
     let decoded: Box<dyn Read + '_> = if gz {
         Box::new(flate2::read::MultiGzDecoder::new(br))
+    } else if zstd {
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(br)
+                .map_err(|e| ApiError::BadRequest(format!("unpack: zstd: {e}")))?,
+        )
     } else {
         Box::new(br)
     };

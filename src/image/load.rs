@@ -269,15 +269,7 @@ impl ImageStore {
         let paths = m
             .layers
             .iter()
-            .map(|l| {
-                if l.media_type.contains("zstd") {
-                    return Err(bad(format!(
-                        "unsupported layer media type {}",
-                        l.media_type
-                    )));
-                }
-                Ok(format!("blobs/sha256/{}", hex_of(&l.digest)?))
-            })
+            .map(|l| Ok(format!("blobs/sha256/{}", hex_of(&l.digest)?)))
             .collect::<ApiResult<Vec<_>>>()?;
         self.load_image(root, &config, &paths)
     }

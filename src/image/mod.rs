@@ -7,7 +7,7 @@
 //! In the store: table `images` (`sha256:<id>` → [`ImageMeta`]) and table `refs`
 //! (normalized reference such as `docker.io/library/busybox:latest` → image id).
 //!
-//! The operations (`load`, `import`, `save`, `tag`, `remove`, `list`, `inspect`) live in
+//! The operations (`load`, `import`, `pull`, `save`, `tag`, `remove`, `list`, `inspect`) live in
 //! submodules as `impl ImageStore` blocks; heavy ones are blocking and are run by the HTTP
 //! handlers on `spawn_blocking`.
 
@@ -19,6 +19,7 @@ mod extract_mode;
 mod import;
 pub mod layers;
 mod load;
+pub mod pull;
 mod query;
 pub mod reference;
 mod remove;

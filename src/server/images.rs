@@ -1,5 +1,5 @@
-//! Image endpoints: list, inspect, history, tag, remove, load, import (`images/create` with
-//! `fromSrc`), save (`images/get`). Image names contain slashes and colons, so routes are
+//! Image endpoints: list, inspect, history, tag, remove, load, pull and import
+//! (`images/create` with `fromImage` / `fromSrc`), save (`images/get`). Image names contain slashes and colons, so routes are
 //! matched on the `/images/` prefix and a known suffix (`/json`, `/tag`, `/push`, `/history`,
 //! `/get`) rather than by segment.
 //!
@@ -11,6 +11,8 @@ use super::http::{Request, Response};
 use super::system::parse_filters;
 use super::Daemon;
 use crate::error::{ApiError, ApiResult};
+use crate::image::pull;
+use crate::image::reference::Reference;
 use crate::image::ImageStore;
 use serde_json::json;
 use std::io::Write;
@@ -172,10 +174,66 @@ async fn load(d: &Daemon, req: Request) -> ApiResult<Response> {
     })
 }
 
-/// `POST /images/create`: import with `fromSrc=-`; pulling is not there yet.
+/// `POST /images/create?fromImage=&tag=`: pull. Registry errors found before the first
+/// progress line (unknown manifest, refused credentials, unreachable registry) are plain
+/// error responses; later ones end the stream with an `errorDetail`, as dockerd does.
+async fn pull(d: &Daemon, req: &Request, from: &str) -> ApiResult<Response> {
+    let tag = req.q("tag").unwrap_or("");
+    let full = if tag.is_empty() {
+        // The CLI always names a tag, except for `docker pull -a`.
+        if Reference::parse(from)?.is_name_only() {
+            return Err(ApiError::NotImplemented(
+                "pulling all tags of a repository (docker pull -a) is not supported yet".into(),
+            ));
+        }
+        from.to_string()
+    } else if tag.contains(':') {
+        format!("{from}@{tag}")
+    } else {
+        format!("{from}:{tag}")
+    };
+    let reference = Reference::parse_with_default_tag(&full)?;
+    let auth = pull::decode_auth(req.header("x-registry-auth"));
+    let plan = pull::prepare(reference, auth, &d.config.insecure_registries).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let images = d.images.clone();
+    tokio::spawn(async move {
+        if let Err(e) = pull::run(images, plan, tx.clone()).await {
+            tracing::info!(error = %e, "image pull failed");
+            let msg = e.to_string();
+            let _ = tx
+                .send(pull::message(
+                    &json!({"errorDetail": {"message": msg}, "error": msg}),
+                ))
+                .await;
+        }
+    });
+    Ok(Response::Stream {
+        status: 200,
+        content_type: "application/json",
+        headers: vec![],
+        rx,
+        resumable: None,
+    })
+}
+
+/// `POST /auth` (`docker login`): 200 `Login Succeeded` when the registry accepts the
+/// credentials.
+pub async fn auth(d: &Daemon, req: Request) -> ApiResult<Response> {
+    let bytes = req.body.bytes().map_err(ApiError::BadRequest)?;
+    let body: pull::login::LoginRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid auth config: {e}")))?;
+    pull::login::login(&body, &d.config.insecure_registries).await?;
+    Ok(Response::json(
+        200,
+        &json!({"IdentityToken": "", "Status": "Login Succeeded"}),
+    ))
+}
+
+/// `POST /images/create`: pull with `fromImage`, import with `fromSrc=-`.
 async fn create(d: &Daemon, req: Request) -> ApiResult<Response> {
-    if req.q("fromImage").is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::Internal("pull is not supported yet".into()));
+    if let Some(from) = req.q("fromImage").filter(|s| !s.is_empty()) {
+        return pull(d, &req, from).await;
     }
     match req.q("fromSrc") {
         Some("-") => {}

@@ -69,6 +69,7 @@ impl Router {
             ("GET", ["version"]) => system::version(d),
             ("GET", ["info"]) => system::info(d),
             ("GET", ["events"]) => events::events(d, &req),
+            ("POST", ["auth"]) => images::auth(d, req).await,
             ("POST", ["berth", "upgrade"]) => super::upgrade::upgrade(d, &req),
             ("POST", ["berth", "containers", id, "egress"]) => {
                 let id = id.to_string();

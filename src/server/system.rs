@@ -177,8 +177,8 @@ pub fn info(d: &Daemon) -> ApiResult<Response> {
             "NEventsListener": 0, "KernelVersion": kernel, "OperatingSystem": os_name, "OSVersion": os_version,
             "OSType": "linux", "Architecture": machine, "IndexServerAddress": "https://index.docker.io/v1/",
             "RegistryConfig": {"AllowNondistributableArtifactsCIDRs": [], "AllowNondistributableArtifactsHostnames": [],
-                "InsecureRegistryCIDRs": ["127.0.0.0/8"],
-                "IndexConfigs": {"docker.io": {"Name": "docker.io", "Mirrors": [], "Secure": true, "Official": true}},
+                "InsecureRegistryCIDRs": d.config.insecure_registries.cidrs(),
+                "IndexConfigs": index_configs(&d.config.insecure_registries),
                 "Mirrors": []},
             "NCPU": ncpu, "MemTotal": mem_total(), "GenericResources": null,
             "DockerRootDir": d.config.data_root, "HttpProxy": "", "HttpsProxy": "", "NoProxy": "",
@@ -249,6 +249,22 @@ pub fn parse_filters(
         out.insert(k.clone(), list);
     }
     Ok(out)
+}
+
+/// `/info` `RegistryConfig.IndexConfigs`: Docker Hub, and each `--insecure-registry` name.
+fn index_configs(insecure: &crate::image::pull::Insecure) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert(
+        "docker.io".into(),
+        json!({"Name": "docker.io", "Mirrors": [], "Secure": true, "Official": true}),
+    );
+    for h in insecure.hosts() {
+        m.insert(
+            h.clone(),
+            json!({"Name": h, "Mirrors": [], "Secure": false, "Official": false}),
+        );
+    }
+    serde_json::Value::Object(m)
 }
 
 #[cfg(test)]
