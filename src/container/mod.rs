@@ -10,6 +10,7 @@ pub mod archive;
 pub mod bundle;
 pub mod changes;
 pub mod chroot;
+pub mod commit;
 pub mod cpus;
 pub mod create;
 pub mod egress;

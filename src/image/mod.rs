@@ -13,7 +13,9 @@
 
 pub mod blobs;
 pub mod changes;
+pub mod commit;
 pub mod config;
+pub mod df;
 pub mod extract;
 mod extract_mode;
 mod import;

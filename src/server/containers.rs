@@ -3,6 +3,7 @@
 use super::http::{Request, Response};
 use super::Daemon;
 use crate::container::archive::PutOptions;
+use crate::container::commit::CommitOptions;
 use crate::container::prune::PruneFilters;
 use crate::container::streams::parse_detach_keys;
 use crate::container::update::UpdateRequest;
@@ -292,4 +293,30 @@ pub async fn route_exec(d: &Daemon, req: Request, segs: &[&str]) -> ApiResult<Re
             req.path
         ))),
     }
+}
+
+/// `POST /commit?container=&repo=&tag=&comment=&author=&pause=&changes=`.
+pub async fn commit(d: &Daemon, req: Request) -> ApiResult<Response> {
+    let name = req.q("container").unwrap_or("").to_string();
+    let repo = req.q("repo").unwrap_or("");
+    let tag = req.q("tag").unwrap_or("");
+    let repo_tag = match (repo.is_empty(), tag.is_empty()) {
+        (true, _) => None,
+        (false, true) => Some(repo.to_string()),
+        (false, false) => Some(format!("{repo}:{tag}")),
+    };
+    let opts = CommitOptions {
+        repo_tag,
+        comment: req.q("comment").unwrap_or("").to_string(),
+        author: req.q("author").unwrap_or("").to_string(),
+        pause: req.q_bool("pause", true),
+        changes: req.q_all("changes"),
+        config: None,
+    };
+    let config: Option<crate::image::config::ContainerConfig> = json_body(req)?;
+    let id = d
+        .containers
+        .commit(&name, CommitOptions { config, ..opts })
+        .await?;
+    Ok(Response::json(201, &json!({ "Id": id })))
 }

@@ -1,6 +1,7 @@
 //! The API server: the daemon's shared state, the accept loops and the router.
 
 pub mod containers;
+pub mod df;
 pub mod events;
 pub mod http;
 pub mod images;

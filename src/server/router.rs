@@ -68,6 +68,7 @@ impl Router {
             ("GET" | "HEAD", ["_ping"]) => Ok(system::ping(&req)),
             ("GET", ["version"]) => system::version(d),
             ("GET", ["info"]) => system::info(d),
+            ("GET", ["system", "df"]) => super::df::df(d).await,
             ("GET", ["events"]) => events::events(d, &req),
             ("POST", ["auth"]) => images::auth(d, req).await,
             ("POST", ["berth", "upgrade"]) => super::upgrade::upgrade(d, &req),
@@ -75,6 +76,7 @@ impl Router {
                 let id = id.to_string();
                 containers::set_egress(d, req, &id).await
             }
+            ("POST", ["commit"]) => containers::commit(d, req).await,
             (_, ["images", _, ..]) => images::route(d, req).await,
             (_, ["containers", ..]) => {
                 let segs: Vec<String> = segs.iter().map(|s| s.to_string()).collect();

@@ -1,0 +1,153 @@
+//! `docker commit` (`POST /commit`), container side: the container's overlay upper dir
+//! is written as a layer tar the way dockerd's overlay2 driver exports it (a 0:0
+//! character device becomes a `.wh.<name>` entry, an opaque directory gets a
+//! `.wh..wh..opq` entry), paused meanwhile when asked, and handed to the image store.
+
+use super::changes::{changes, DELETED};
+use super::record::Status;
+use super::rootfs::Rootfs;
+use super::Containers;
+use crate::error::{ApiError, ApiResult};
+use crate::image::changes::apply_changes;
+use crate::image::commit::{merge_config, CommitInfo};
+use crate::image::config::ContainerConfig;
+use std::io::{Seek, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What `POST /commit` asks for besides the container.
+#[derive(Debug, Clone, Default)]
+pub struct CommitOptions {
+    /// `repo` and `tag` joined (`name[:tag]`), if given.
+    pub repo_tag: Option<String>,
+    /// `comment` (`-m`).
+    pub comment: String,
+    /// `author` (`-a`).
+    pub author: String,
+    /// `pause` (default true).
+    pub pause: bool,
+    /// `changes` (`-c`), Dockerfile instructions.
+    pub changes: Vec<String>,
+    /// The request body's config, if any.
+    pub config: Option<ContainerConfig>,
+}
+
+fn tar_err(e: std::io::Error) -> ApiError {
+    ApiError::internal("write commit layer", e)
+}
+
+/// Writes the layer tar of `upper` over `lowers` (topmost first) to `out`.
+pub fn write_layer(out: &mut dyn Write, upper: &Path, lowers: &[PathBuf]) -> ApiResult<()> {
+    let mut tb = tar::Builder::new(out);
+    tb.follow_symlinks(false);
+    for c in changes(upper, lowers)? {
+        let rel = c.path.trim_start_matches('/');
+        let src = upper.join(rel);
+        let md = std::fs::symlink_metadata(&src).map_err(tar_err)?;
+        if md.file_type().is_socket() {
+            continue;
+        }
+        if c.kind == DELETED && md.file_type().is_char_device() && md.rdev() == 0 {
+            let p = Path::new(rel);
+            let name = p
+                .file_name()
+                .ok_or_else(|| ApiError::Internal(format!("bad whiteout path {rel:?}")))?;
+            let mut wh = std::ffi::OsString::from(".wh.");
+            wh.push(name);
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(0);
+            h.set_mode(0o600);
+            h.set_mtime(md.mtime().max(0) as u64);
+            tb.append_data(&mut h, p.with_file_name(wh), std::io::empty())
+                .map_err(tar_err)?;
+            continue;
+        }
+        tb.append_path_with_name(&src, rel).map_err(tar_err)?;
+        let opaque = md.is_dir()
+            && xattr::get(&src, "trusted.overlay.opaque")
+                .ok()
+                .flatten()
+                .is_some_and(|v| v == b"y");
+        if opaque {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(0);
+            h.set_mode(0o600);
+            h.set_mtime(md.mtime().max(0) as u64);
+            tb.append_data(
+                &mut h,
+                Path::new(rel).join(".wh..wh..opq"),
+                std::io::empty(),
+            )
+            .map_err(tar_err)?;
+        }
+    }
+    tb.finish().map_err(tar_err)?;
+    Ok(())
+}
+
+impl Containers {
+    /// `POST /commit`: a new image from container `name`'s changes. Returns its id.
+    pub async fn commit(self: &Arc<Self>, name: &str, opts: CommitOptions) -> ApiResult<String> {
+        let rec = self.lookup(name)?;
+        let mut config = opts.config.clone().unwrap_or_default();
+        apply_changes(&mut config, &opts.changes)?;
+        let cconf: ContainerConfig = serde_json::to_value(&rec.config)
+            .and_then(serde_json::from_value)
+            .map_err(|e| ApiError::internal("read container config", e))?;
+        merge_config(&mut config, &cconf);
+        let paused = opts.pause
+            && rec.state.status == Status::Running
+            && self.pause(&rec.id, true).await.is_ok();
+        let r = self.commit_paused(&rec, config, cconf, &opts).await;
+        if paused {
+            if let Err(e) = self.pause(&rec.id, false).await {
+                tracing::warn!(container = %rec.id, error = %e, "unpause after commit failed");
+            }
+        }
+        let id = r?;
+        let mut extra = vec![("comment", opts.comment.clone()), ("imageID", id.clone())];
+        if let Some(t) = &opts.repo_tag {
+            extra.push(("imageRef", t.clone()));
+        }
+        self.event(&rec, "commit", &extra);
+        Ok(id)
+    }
+
+    async fn commit_paused(
+        &self,
+        rec: &super::record::Record,
+        config: ContainerConfig,
+        cconf: ContainerConfig,
+        opts: &CommitOptions,
+    ) -> ApiResult<String> {
+        let upper = Rootfs::new(&self.paths.data_root, &rec.id).upper();
+        let lowers = self.images.layer_dirs(&rec.image_id)?;
+        let images = self.images.clone();
+        let (rec, opts) = (rec.clone(), opts.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut tmp = tempfile::tempfile_in(images.root())
+                .map_err(|e| ApiError::internal("create commit layer file", e))?;
+            write_layer(&mut tmp, &upper, &lowers)?;
+            tmp.rewind()
+                .map_err(|e| ApiError::internal("rewind commit layer file", e))?;
+            let mut rd = std::io::BufReader::new(tmp);
+            images.commit_container(
+                &mut rd,
+                CommitInfo {
+                    parent_image: &rec.image_id,
+                    container_id: &rec.id,
+                    container_config: cconf,
+                    config,
+                    comment: &opts.comment,
+                    author: &opts.author,
+                    repo_tag: opts.repo_tag.as_deref(),
+                },
+            )
+        })
+        .await
+        .map_err(|e| ApiError::internal("commit task", e))?
+    }
+}
