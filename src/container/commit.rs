@@ -151,3 +151,51 @@ impl Containers {
         .map_err(|e| ApiError::internal("commit task", e))?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn whiteouts_and_opaque_dirs_become_wh_entries() -> anyhow::Result<()> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(());
+        }
+        let dir = tempfile::tempdir()?;
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        fs::create_dir_all(lower.join("etc"))?;
+        fs::create_dir_all(lower.join("opq"))?;
+        fs::write(lower.join("etc/gone"), "x")?;
+        fs::write(lower.join("opq/old"), "x")?;
+        fs::create_dir_all(upper.join("etc"))?;
+        fs::create_dir_all(upper.join("opq"))?;
+        xattr::set(upper.join("opq"), "trusted.overlay.opaque", b"y")?;
+        fs::write(upper.join("opq/fresh"), "new")?;
+        fs::write(upper.join("etc/hosts"), "")?;
+        nix::sys::stat::mknod(
+            &upper.join("etc/gone"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )?;
+        let mut buf = Vec::new();
+        write_layer(&mut buf, &upper, &[lower])?;
+        let mut ar = tar::Archive::new(&buf[..]);
+        let mut got = Vec::new();
+        for e in ar.entries()? {
+            let e = e?;
+            got.push((e.path()?.display().to_string(), e.header().entry_type()));
+        }
+        use tar::EntryType::{Directory, Regular};
+        let want = vec![
+            ("etc".to_string(), Directory),
+            ("etc/.wh.gone".to_string(), Regular),
+            ("opq".to_string(), Directory),
+            ("opq/.wh..wh..opq".to_string(), Regular),
+            ("opq/fresh".to_string(), Regular),
+        ];
+        assert_eq!(got, want);
+        Ok(())
+    }
+}

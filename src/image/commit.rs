@@ -141,3 +141,35 @@ impl ImageStore {
         Ok(id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_config_wins_and_container_fills_the_rest() {
+        let mut user = ContainerConfig {
+            env: Some(vec!["A=1".into(), "B=user".into()]),
+            cmd: Some(vec!["cat".into(), "/f".into()]),
+            ..Default::default()
+        };
+        let container = ContainerConfig {
+            env: Some(vec!["B=ctr".into(), "PATH=/bin".into()]),
+            cmd: Some(vec!["sleep".into(), "1".into()]),
+            working_dir: "/srv".into(),
+            user: "1000".into(),
+            ..Default::default()
+        };
+        merge_config(&mut user, &container);
+        assert_eq!(
+            user.env,
+            Some(vec!["A=1".into(), "B=user".into(), "PATH=/bin".into()])
+        );
+        assert_eq!(user.cmd, Some(vec!["cat".into(), "/f".into()]));
+        assert_eq!(user.working_dir, "/srv");
+        assert_eq!(user.user, "1000");
+        let mut empty = ContainerConfig::default();
+        merge_config(&mut empty, &container);
+        assert_eq!(empty.cmd, container.cmd);
+    }
+}
