@@ -16,6 +16,11 @@ fn commit_makes_an_image_of_the_container_changes() {
         "-c",
         "echo committed-data > /f && rm /bin/ls && mkdir -p /d/e && echo x > /d/e/g",
     ]);
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .to_string();
     let id = d.ok(&[
         "commit",
         "-m",
@@ -60,8 +65,35 @@ fn commit_makes_an_image_of_the_container_changes() {
     );
     let full = d.ok(&["inspect", "-f", "{{.Id}}", "img:1"]);
     assert_eq!(full, id);
-    // Without -c the image keeps the container's command.
-    d.ok(&["commit", "cm1", "img:2"]);
+    // Without -c the image keeps the container's command; --pause=false does not pause.
+    d.ok(&["commit", "--pause=false", "cm1", "img:2"]);
+    let t1 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() + 1)
+        .unwrap_or(0)
+        .to_string();
+    let ev = d.ok(&[
+        "events",
+        "--since",
+        &t0,
+        "--until",
+        &t1,
+        "--filter",
+        "container=cm1",
+        "--filter",
+        "event=pause",
+        "--filter",
+        "event=unpause",
+        "--filter",
+        "event=commit",
+        "--format",
+        "{{.Action}}",
+    ]);
+    // dockerd's order: paused, committed, unpaused; the second commit without pausing.
+    assert_eq!(
+        ev.lines().collect::<Vec<_>>(),
+        ["pause", "commit", "unpause", "commit"]
+    );
     let cmd = d.ok(&["inspect", "-f", "{{json .Config.Cmd}}", "img:2"]);
     assert_eq!(cmd, r#"["sleep","1000"]"#);
     let err = d.fails(&["commit", "nosuchctr", "img:3"]);

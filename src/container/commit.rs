@@ -102,17 +102,20 @@ impl Containers {
             && rec.state.status == Status::Running
             && self.pause(&rec.id, true).await.is_ok();
         let r = self.commit_paused(&rec, config, cconf, &opts).await;
+        // dockerd announces the commit before it unpauses the container.
+        if let Ok(id) = &r {
+            let mut extra = vec![("comment", opts.comment.clone()), ("imageID", id.clone())];
+            if let Some(t) = &opts.repo_tag {
+                extra.push(("imageRef", t.clone()));
+            }
+            self.event(&rec, "commit", &extra);
+        }
         if paused {
             if let Err(e) = self.pause(&rec.id, false).await {
                 tracing::warn!(container = %rec.id, error = %e, "unpause after commit failed");
             }
         }
         let id = r?;
-        let mut extra = vec![("comment", opts.comment.clone()), ("imageID", id.clone())];
-        if let Some(t) = &opts.repo_tag {
-            extra.push(("imageRef", t.clone()));
-        }
-        self.event(&rec, "commit", &extra);
         Ok(id)
     }
 
