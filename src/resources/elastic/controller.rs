@@ -195,7 +195,6 @@ impl Elastic {
                 ceiling: live.bounds.map(|(_, c)| c),
                 limit: s.limit,
                 usage: s.usage,
-                under_oom: s.under_oom,
                 started_ns: live.started_ns,
                 dying: dying.contains_key(&live.id) || live.kill_pending,
             });

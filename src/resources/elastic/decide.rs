@@ -54,8 +54,6 @@ pub struct Member {
     pub limit: u64,
     /// Its working set.
     pub usage: u64,
-    /// Paused at its own limit (v1 `under_oom` with the OOM killer disabled).
-    pub under_oom: bool,
     /// Start time, ns since the epoch (ties between victims go to the youngest).
     pub started_ns: i64,
     /// Killed already, not gone yet.
@@ -204,7 +202,6 @@ mod tests {
             ceiling: ceil.map(|c| c * MIB),
             limit: limit * MIB,
             usage: usage * MIB,
-            under_oom: false,
             started_ns: 0,
             dying: false,
         }

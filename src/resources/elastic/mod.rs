@@ -78,11 +78,6 @@ impl Elastic {
         })
     }
 
-    /// Its settings.
-    pub fn config(&self) -> &ElasticConfig {
-        &self.cfg
-    }
-
     /// Refuses a start that would make the pool's entitlements exceed its size (the
     /// promise that a container within its entitlement is never the victim rests on it).
     pub fn admit(&self, rec: &Record, running: &[Record]) -> ApiResult<()> {
