@@ -35,6 +35,19 @@ pub fn chain_id(parent: Option<&str>, diff_id: &str) -> String {
     }
 }
 
+/// A layer unpacked into a work directory, not yet visible (deleted when dropped).
+pub struct Unpacked {
+    work: tempfile::TempDir,
+    ex: super::extract::Extracted,
+}
+
+impl Unpacked {
+    /// `sha256:` of the uncompressed tar.
+    pub fn diff_id(&self) -> &str {
+        &self.ex.diff_id
+    }
+}
+
 /// The layer directory.
 pub struct Layers {
     dir: PathBuf,
@@ -72,14 +85,22 @@ impl Layers {
         }
     }
 
-    /// Unpacks a layer tar (plain or gzip) on top of `parent`, checking its diff id against
-    /// `expected` when given. Returns the existing layer when the chain is already present.
+    /// Unpacks a layer tar (plain, gzip or zstd) on top of `parent`, checking its diff id
+    /// against `expected` when given. Returns the existing layer when the chain is already
+    /// present.
     pub fn register(
         &self,
         src: &mut dyn Read,
         parent: Option<&str>,
         expected: Option<&str>,
     ) -> ApiResult<LayerMeta> {
+        let unpacked = self.unpack(src)?;
+        self.commit(unpacked, parent, expected)
+    }
+
+    /// Unpacks a layer tar into a work directory that nothing else sees yet (a pull unpacks
+    /// while the blob is still downloading, before its digest is known to be right).
+    pub fn unpack(&self, src: &mut dyn Read) -> ApiResult<Unpacked> {
         let work = tempfile::Builder::new()
             .prefix("layer-")
             .tempdir_in(&self.tmp)
@@ -91,6 +112,23 @@ impl Layers {
             .map_err(|e| ApiError::internal("chmod layer directory", e))?;
         let split = work.path().join(SPLIT);
         let ex = extract(src, &diff, Mode::Layer, Some(&split))?;
+        if !ex.split_ok {
+            let _ = std::fs::remove_file(&split);
+        }
+        Ok(Unpacked { work, ex })
+    }
+
+    /// Makes an unpacked layer visible as the chain `parent` + its diff id (synced, then
+    /// renamed into place), after checking the diff id against `expected`. The parent need
+    /// not be present yet: a chain id names the whole stack, so nothing uses the layer until
+    /// every layer below it is there too.
+    pub fn commit(
+        &self,
+        unpacked: Unpacked,
+        parent: Option<&str>,
+        expected: Option<&str>,
+    ) -> ApiResult<LayerMeta> {
+        let Unpacked { work, ex } = unpacked;
         if let Some(exp) = expected {
             if exp != ex.diff_id {
                 return Err(ApiError::BadRequest(format!(
@@ -98,9 +136,6 @@ impl Layers {
                     ex.diff_id
                 )));
             }
-        }
-        if !ex.split_ok {
-            let _ = std::fs::remove_file(&split);
         }
         let chain = chain_id(parent, &ex.diff_id);
         if let Some(existing) = self.get(&chain)? {

@@ -94,6 +94,8 @@ pub struct ImageStore {
     events: Arc<EventBus>,
     lock: Mutex<()>,
     in_use: RwLock<InUseChecker>,
+    /// Layer fetches of pulls in progress, shared between pulls.
+    inflight: Arc<pull::inflight::InFlight>,
 }
 
 /// The shared in-use check the daemon installs (see [`InUse`]).
@@ -149,6 +151,7 @@ impl ImageStore {
             events,
             lock: Mutex::new(()),
             in_use: RwLock::new(Arc::new(|_: &str| None)),
+            inflight: Arc::default(),
         })
     }
 

@@ -12,7 +12,8 @@
 //! downloading, sharing a blob between two concurrent pulls of it, the HTTPS-then-HTTP
 //! fallback dockerd uses for insecure registries (they are plain HTTP right away).
 
-mod download;
+mod fetch;
+pub mod inflight;
 pub mod login;
 pub mod registry;
 
@@ -24,7 +25,6 @@ use super::layers::chain_id;
 use super::reference::{is_digest, Reference};
 use super::{host_arch, ImageStore};
 use crate::error::{ApiError, ApiResult};
-use download::{download, Downloads};
 use futures::StreamExt;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
@@ -289,6 +289,18 @@ pub async fn prepare(
     Ok(plan)
 }
 
+/// Aborts the progress-following tasks of a pull that ends early (dropping their hold on
+/// the shared fetches, which stop when no other pull waits for them).
+struct Follows(Vec<Option<tokio::task::JoinHandle<ApiResult<super::layers::LayerMeta>>>>);
+
+impl Drop for Follows {
+    fn drop(&mut self) {
+        for h in self.0.iter().flatten() {
+            h.abort();
+        }
+    }
+}
+
 /// Streams the pull of a prepared image into `tx` and records it.
 pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> ApiResult<()> {
     let path = plan
@@ -319,7 +331,6 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
     for c in &chains {
         present.push(images.layers.get(c)?.is_some());
     }
-    let mut downloads = Downloads(Vec::new());
     // An image already here: dockerd names no layers, only the digest and the status.
     let known = images
         .images
@@ -337,53 +348,53 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
         )
         .await;
     }
-    let slots = Arc::new(tokio::sync::Semaphore::new(download::MAX_DOWNLOADS));
-    for (layer, have) in plan.layers.iter().zip(&present) {
-        downloads.0.push((!have).then(|| {
-            tokio::spawn(download(
-                plan.client.clone(),
-                plan.oref.clone(),
-                layer.clone(),
-                images.tmp.clone(),
-                plan.anonymous,
-                tx.clone(),
-                slots.clone(),
-            ))
-        }));
+    // Every missing layer is fetched (downloaded and unpacked at once) in its own task,
+    // shared with any other pull of it; each is followed here by a task forwarding its
+    // progress into this pull's stream.
+    let mut follows = Follows(Vec::new());
+    for (i, (layer, have)) in plan.layers.iter().zip(&present).enumerate() {
+        if *have {
+            follows.0.push(None);
+            continue;
+        }
+        let job = fetch::Job {
+            client: plan.client.clone(),
+            oref: plan.oref.clone(),
+            layer: layer.clone(),
+            parent: i.checked_sub(1).map(|p| chains[p].clone()),
+            diff_id: plan.diff_ids[i].clone(),
+            anonymous: plan.anonymous,
+        };
+        let store = images.clone();
+        let waiter = images
+            .inflight
+            .join_or_start(&chains[i], move |progress, slots| {
+                tokio::spawn(fetch::fetch(job, store, progress, slots))
+            });
+        let tx = tx.clone();
+        follows.0.push(Some(tokio::spawn(async move {
+            waiter
+                .follow(|v| {
+                    let tx = tx.clone();
+                    async move { say(&tx, v).await }
+                })
+                .await
+        })));
     }
-    for i in 0..plan.layers.len() {
-        let Some(handle) = downloads.0[i].take() else {
+    for (i, slot) in follows.0.iter_mut().enumerate() {
+        let Some(handle) = slot.as_mut() else {
             continue;
         };
-        let file = handle
+        handle
             .await
-            .map_err(|e| ApiError::internal("download task", e))??;
-        let id = short(&plan.layers[i].digest);
-        let size = file.as_file().metadata().map(|m| m.len()).unwrap_or(0);
+            .map_err(|e| ApiError::internal("layer task", e))??;
+        slot.take();
         say(
             &tx,
-            json!({"status": "Extracting", "progressDetail": {"current": size, "total": size}, "id": id}),
+            json!({"status": "Pull complete", "progressDetail": {}, "id": short(&plan.layers[i].digest)}),
         )
         .await;
-        let parent = i.checked_sub(1).map(|p| chains[p].clone());
-        let diff = plan.diff_ids[i].clone();
-        let store = images.clone();
-        tokio::task::spawn_blocking(move || -> ApiResult<()> {
-            let mut f = file
-                .reopen()
-                .map_err(|e| ApiError::internal("open downloaded layer", e))?;
-            store
-                .layers
-                .register(&mut f, parent.as_deref(), Some(&diff))?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| ApiError::internal("extract task", e))??;
-        say(
-            &tx,
-            json!({"status": "Pull complete", "progressDetail": {}, "id": id}),
-        )
-        .await;
+        crate::worker::fault("pull-layer-complete");
     }
     let store = images.clone();
     let config = plan.config.clone();
