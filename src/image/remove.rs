@@ -171,6 +171,7 @@ impl ImageStore {
             }
             reclaimed += self.delete_image(&meta.id, &mut out)?;
         }
+        reclaimed += self.drop_orphan_layers(&mut out)?;
         let mut attrs = std::collections::BTreeMap::new();
         attrs.insert("reclaimed".to_string(), reclaimed.to_string());
         self.events.publish("image", "prune", "", attrs);
@@ -193,10 +194,8 @@ impl ImageStore {
         Ok(freed)
     }
 
-    /// Removes a gone image's config blob and the layers of `meta` that no image (nor a
-    /// retained one) uses; returns the removed chain ids, topmost first, with their sizes.
-    /// The caller holds the guard and has already removed the image's record.
-    fn drop_unused_layers(&self, id: &str, meta: &ImageMeta) -> ApiResult<Vec<(String, u64)>> {
+    /// The chains of every image, retained ones included.
+    fn used_layers(&self) -> ApiResult<HashSet<String>> {
         let mut still: HashSet<String> = self
             .all_images()?
             .into_iter()
@@ -205,10 +204,42 @@ impl ImageStore {
         for (_, m) in self.retained.all::<ImageMeta>()? {
             still.extend(m.layers);
         }
+        Ok(still)
+    }
+
+    /// Removes layers no image uses and no running pull needs: what a pull cut short (a
+    /// failed layer, a daemon killed mid-pull) had already committed. Returns the bytes freed.
+    fn drop_orphan_layers(&self, out: &mut Vec<Value>) -> ApiResult<u64> {
+        let _g = self.guard();
+        let still = self.used_layers()?;
+        let dir = self.layers.dir();
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| ApiError::internal(&format!("list {}", dir.display()), e))?;
+        let mut freed = 0;
+        for e in entries.flatten() {
+            let chain = format!("sha256:{}", e.file_name().to_string_lossy());
+            if still.contains(&chain) || self.inflight.busy(&chain) {
+                continue;
+            }
+            let Ok(Some(meta)) = self.layers.get(&chain) else {
+                continue;
+            };
+            self.layers.remove(&chain)?;
+            freed += meta.size;
+            out.push(json!({ "Deleted": chain }));
+        }
+        Ok(freed)
+    }
+
+    /// Removes a gone image's config blob and the layers of `meta` that no image (nor a
+    /// retained one) uses; returns the removed chain ids, topmost first, with their sizes.
+    /// The caller holds the guard and has already removed the image's record.
+    fn drop_unused_layers(&self, id: &str, meta: &ImageMeta) -> ApiResult<Vec<(String, u64)>> {
+        let still = self.used_layers()?;
         self.blobs.remove(id)?;
         let mut removed = Vec::new();
         for chain in meta.layers.iter().rev() {
-            if !still.contains(chain) {
+            if !still.contains(chain) && !self.inflight.busy(chain) {
                 let size = self.layers.get(chain)?.map(|m| m.size).unwrap_or(0);
                 self.layers.remove(chain)?;
                 removed.push((chain.clone(), size));

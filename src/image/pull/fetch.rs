@@ -108,14 +108,19 @@ pub(super) async fn fetch(
     slots: Arc<Semaphore>,
 ) -> ApiResult<LayerMeta> {
     let id = short(&job.layer.digest);
-    say(
-        &progress,
-        json!({"status": "Waiting", "progressDetail": {}, "id": id}),
-    );
-    let _slot = slots
-        .acquire_owned()
-        .await
-        .map_err(|e| ApiError::internal("wait for a download slot", e))?;
+    let _slot = match slots.clone().try_acquire_owned() {
+        Ok(slot) => slot,
+        Err(_) => {
+            say(
+                &progress,
+                json!({"status": "Waiting", "progressDetail": {}, "id": id}),
+            );
+            slots
+                .acquire_owned()
+                .await
+                .map_err(|e| ApiError::internal("wait for a download slot", e))?
+        }
+    };
     let mut s = job
         .client
         .pull_blob_stream(&job.oref, job.layer.digest.as_str())

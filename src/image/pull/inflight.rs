@@ -41,6 +41,9 @@ struct Entry {
 /// The fetches in flight, by chain id.
 pub struct InFlight {
     map: Mutex<HashMap<String, Entry>>,
+    /// Chains the running pulls need (theirs or already present), with how many pulls need
+    /// each: `rmi` and prune leave them alone until the pull has recorded its image.
+    claims: Arc<Mutex<HashMap<String, usize>>>,
     slots: Arc<Semaphore>,
     next: Mutex<u64>,
 }
@@ -60,6 +63,7 @@ impl Default for InFlight {
     fn default() -> Self {
         InFlight {
             map: Mutex::new(HashMap::new()),
+            claims: Arc::default(),
             slots: Arc::new(Semaphore::new(MAX_DOWNLOADS)),
             next: Mutex::new(0),
         }
@@ -141,6 +145,49 @@ impl InFlight {
     }
 }
 
+/// A running pull's claim on the chains of its image (released when dropped).
+pub struct Claim {
+    chains: Vec<String>,
+    claims: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut map = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        for c in &self.chains {
+            if let Some(n) = map.get_mut(c) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(c);
+                }
+            }
+        }
+    }
+}
+
+impl InFlight {
+    /// Claims `chains` for a pull until the returned guard is dropped.
+    pub fn claim(&self, chains: &[String]) -> Claim {
+        let mut map = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        for c in chains {
+            *map.entry(c.clone()).or_default() += 1;
+        }
+        Claim {
+            chains: chains.to_vec(),
+            claims: self.claims.clone(),
+        }
+    }
+
+    /// Whether a running pull needs `chain` (being fetched, or claimed).
+    pub fn busy(&self, chain: &str) -> bool {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(chain)
+            || self.chains().iter().any(|c| c == chain)
+    }
+}
+
 impl Waiter {
     /// Forwards the fetch's progress through `say` until the layer is there, then returns it.
     pub async fn follow<S, Fut>(mut self, mut say: S) -> ApiResult<LayerMeta>
@@ -167,5 +214,111 @@ impl Waiter {
         }
         out.unwrap_or_else(|| Err("layer fetch ended without a result".into()))
             .map_err(ApiError::Internal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    fn meta(chain: &str) -> LayerMeta {
+        LayerMeta {
+            chain_id: chain.into(),
+            diff_id: chain.into(),
+            parent: None,
+            size: 1,
+            tar_split: true,
+        }
+    }
+
+    /// Sets its flag when dropped (the fetch task's future was dropped: aborted or done).
+    struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_pull_joins_the_running_fetch_and_shares_its_result() {
+        let f = Arc::new(InFlight::default());
+        let (go, wait) = oneshot::channel::<()>();
+        let mut starts = 0;
+        let one = f.join_or_start("sha256:a", |progress, _| {
+            starts += 1;
+            tokio::spawn(async move {
+                let _ = wait.await;
+                let _ = progress.send(serde_json::json!({"status": "late"}));
+                Ok(meta("sha256:a"))
+            })
+        });
+        let two = f.join_or_start("sha256:a", |_, _| -> JoinHandle<ApiResult<LayerMeta>> {
+            panic!("a second fetch was started")
+        });
+        assert_eq!(starts, 1);
+        assert!(one.started && !two.started);
+        assert_eq!(f.chains(), vec!["sha256:a".to_string()]);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let b = tokio::spawn(two.follow(move |v| {
+            s2.lock().unwrap_or_else(|p| p.into_inner()).push(v);
+            async {}
+        }));
+        go.send(()).expect("fetch waiting");
+        let a = one.follow(|_| async {}).await.expect("first result");
+        let b = b.await.expect("join").expect("second result");
+        assert_eq!(a, b);
+        assert_eq!(seen.lock().unwrap_or_else(|p| p.into_inner()).len(), 1);
+        assert!(f.chains().is_empty(), "finished fetches leave the map");
+    }
+
+    #[tokio::test]
+    async fn the_fetch_is_aborted_when_the_last_waiter_leaves() {
+        let f = Arc::new(InFlight::default());
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d2 = dropped.clone();
+        let one = f.join_or_start("sha256:b", move |_, _| {
+            tokio::spawn(async move {
+                let _guard = Dropped(d2);
+                std::future::pending::<()>().await;
+                Ok(meta("sha256:b"))
+            })
+        });
+        let two = f.join_or_start("sha256:b", |_, _| -> JoinHandle<ApiResult<LayerMeta>> {
+            panic!("a second fetch was started")
+        });
+        drop(one);
+        tokio::task::yield_now().await;
+        assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
+        drop(two);
+        for _ in 0..100 {
+            if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            dropped.load(std::sync::atomic::Ordering::SeqCst),
+            "fetch not aborted"
+        );
+        assert!(f.chains().is_empty());
+        // A later pull starts a new fetch.
+        let three = f.join_or_start("sha256:b", |_, _| {
+            tokio::spawn(async { Ok(meta("sha256:b")) })
+        });
+        assert!(three.started);
+    }
+
+    #[test]
+    fn claims_count_pulls() {
+        let f = InFlight::default();
+        let a = f.claim(&["sha256:c".to_string()]);
+        let b = f.claim(&["sha256:c".to_string()]);
+        assert!(f.busy("sha256:c"));
+        drop(a);
+        assert!(f.busy("sha256:c"));
+        drop(b);
+        assert!(!f.busy("sha256:c"));
     }
 }

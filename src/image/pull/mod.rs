@@ -2,15 +2,16 @@
 //!
 //! [`prepare`] does everything that can fail before the first progress line (credentials,
 //! manifest, index → linux/<host arch>, config), so an unknown image is a plain 404 as with
-//! dockerd. [`run`] then streams the JSON messages the CLI draws: missing layers download
-//! in parallel (three at a time) into temp files (each one's digest checked), and are
-//! unpacked bottom-up, each as soon as it and the ones below it are there, through the same
-//! layer store `docker load` uses ([`super::layers::Layers::register`], which checks the
-//! diff id). The image then gets its tag and its `name@digest` reference (`RepoDigests`).
+//! dockerd. [`run`] then streams the JSON messages the CLI draws: each missing layer is
+//! fetched in its own task ([`fetch`]: the blob streams into the extractor, so a layer is
+//! unpacked while it downloads; it is committed once its digest and diff id are checked),
+//! shared with any other pull of that layer ([`inflight`]), at most three downloads at once
+//! daemon-wide. The image then gets its tag and its `name@digest` reference (`RepoDigests`);
+//! until then its layers are claimed, so `rmi` and prune leave them alone, and a pull cut
+//! short leaves committed layers but no image (prune removes them).
 //!
-//! Not here yet: `--registry-mirror`, push, `pull -a`, unpacking while a layer is still
-//! downloading, sharing a blob between two concurrent pulls of it, the HTTPS-then-HTTP
-//! fallback dockerd uses for insecure registries (they are plain HTTP right away).
+//! Not here yet: `--registry-mirror`, `pull -a`, the HTTPS-then-HTTP fallback dockerd uses
+//! for insecure registries (they are plain HTTP right away).
 
 mod fetch;
 pub mod inflight;
@@ -327,6 +328,8 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
         chains.push(c.clone());
         parent = Some(c);
     }
+    // From here until the image is recorded, rmi and prune keep these layers.
+    let _claim = images.inflight.claim(&chains);
     let mut present = Vec::new();
     for c in &chains {
         present.push(images.layers.get(c)?.is_some());
@@ -371,6 +374,14 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
             .join_or_start(&chains[i], move |progress, slots| {
                 tokio::spawn(fetch::fetch(job, store, progress, slots))
             });
+        if !waiter.started {
+            // Another pull is fetching it: this one waits for that download.
+            say(
+                &tx,
+                json!({"status": "Waiting", "progressDetail": {}, "id": short(&layer.digest)}),
+            )
+            .await;
+        }
         let tx = tx.clone();
         follows.0.push(Some(tokio::spawn(async move {
             waiter
