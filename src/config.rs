@@ -89,6 +89,15 @@ pub struct Flags {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// A registry mirror (`http[s]://host[:port]`) tried before Docker Hub for its images;
+    /// repeatable, tried in order.
+    #[arg(
+        long = "registry-mirror",
+        env = "BERTH_REGISTRY_MIRRORS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub registry_mirrors: Vec<String>,
     /// A command instead of running the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -141,6 +150,7 @@ pub struct FileConfig {
     log_opts: Option<HashMap<String, String>>,
     lxcfs: Option<LxcfsKey>,
     insecure_registries: Option<Vec<String>>,
+    registry_mirrors: Option<Vec<String>>,
     #[serde(default)]
     debug: bool,
 }
@@ -184,6 +194,8 @@ pub struct Config {
     pub sysfs_root: PathBuf,
     /// `--insecure-registry`: registries and networks pulled from over plain HTTP.
     pub insecure_registries: crate::image::pull::Insecure,
+    /// `--registry-mirror`: mirrors of Docker Hub, in order.
+    pub registry_mirrors: Vec<crate::image::pull::mirror::Mirror>,
 }
 
 impl Config {
@@ -262,6 +274,10 @@ impl Config {
         insecure.extend(file.insecure_registries.unwrap_or_default());
         let insecure_registries =
             crate::image::pull::Insecure::parse(&insecure).map_err(anyhow::Error::msg)?;
+        let mut mirrors = flags.registry_mirrors;
+        mirrors.extend(file.registry_mirrors.unwrap_or_default());
+        let registry_mirrors =
+            crate::image::pull::mirror::parse(&mirrors).map_err(anyhow::Error::msg)?;
         Ok(Config {
             hosts,
             data_root: flags
@@ -293,6 +309,7 @@ impl Config {
             reserved_cpus,
             sysfs_root,
             insecure_registries,
+            registry_mirrors,
         })
     }
 }

@@ -194,7 +194,13 @@ async fn pull(d: &Daemon, req: &Request, from: &str) -> ApiResult<Response> {
     };
     let reference = Reference::parse_with_default_tag(&full)?;
     let auth = pull::decode_auth(req.header("x-registry-auth"));
-    let plan = pull::prepare(reference, auth, &d.config.insecure_registries).await?;
+    let plan = pull::prepare(
+        reference,
+        auth,
+        &d.config.insecure_registries,
+        &d.config.registry_mirrors,
+    )
+    .await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let images = d.images.clone();
     tokio::spawn(async move {

@@ -179,7 +179,7 @@ pub fn info(d: &Daemon) -> ApiResult<Response> {
             "RegistryConfig": {"AllowNondistributableArtifactsCIDRs": [], "AllowNondistributableArtifactsHostnames": [],
                 "InsecureRegistryCIDRs": d.config.insecure_registries.cidrs(),
                 "IndexConfigs": index_configs(&d.config.insecure_registries),
-                "Mirrors": []},
+                "Mirrors": d.config.registry_mirrors.iter().map(|m| m.url.clone()).collect::<Vec<_>>()},
             "NCPU": ncpu, "MemTotal": mem_total(), "GenericResources": null,
             "DockerRootDir": d.config.data_root, "HttpProxy": "", "HttpsProxy": "", "NoProxy": "",
             "Name": hostname, "Labels": [], "ExperimentalBuild": false,

@@ -10,12 +10,15 @@
 //! until then its layers are claimed, so `rmi` and prune leave them alone, and a pull cut
 //! short leaves committed layers but no image (prune removes them).
 //!
-//! Not here yet: `--registry-mirror`, `pull -a`, the HTTPS-then-HTTP fallback dockerd uses
+//! Images of Docker Hub come from the `--registry-mirror`s first ([`mirror`]).
+//!
+//! Not here yet: `pull -a`, the HTTPS-then-HTTP fallback dockerd uses
 //! for insecure registries (they are plain HTTP right away).
 
 mod fetch;
 pub mod inflight;
 pub mod login;
+pub mod mirror;
 pub mod registry;
 
 pub use registry::{decode_auth, Insecure};
@@ -179,27 +182,54 @@ impl Plan {
 }
 
 /// Resolves `reference` at its registry: credentials, manifest (an index is narrowed to
-/// linux/<host arch>), config. Errors here are returned before any streaming.
+/// linux/<host arch>), config. Images of Docker Hub are looked for on each
+/// `--registry-mirror` first, then on Docker Hub. Errors here are returned before any
+/// streaming.
 pub async fn prepare(
     reference: Reference,
     auth: RegistryAuth,
     insecure: &Insecure,
+    mirrors: &[mirror::Mirror],
 ) -> ApiResult<Plan> {
     let (domain, path) = reference
         .name
         .split_once('/')
         .ok_or_else(|| ApiError::BadRequest(format!("invalid reference {}", reference.name)))?;
+    let (domain, path) = (domain.to_string(), path.to_string());
+    if domain == super::reference::DEFAULT_DOMAIN {
+        for m in mirrors {
+            let client = registry::client_plain(m.plain);
+            match prepare_at(reference.clone(), auth.clone(), client, &m.host, &path).await {
+                Ok(plan) => return Ok(plan),
+                Err(e) => {
+                    tracing::warn!(mirror = %m.url, error = %e, "pull from mirror failed, trying the next endpoint")
+                }
+            }
+        }
+    }
+    let client = registry::client(&domain, insecure);
+    prepare_at(reference, auth, client, &domain, &path).await
+}
+
+/// [`prepare`] at one endpoint (`registry` is `host[:port]`, `path` the repository there).
+async fn prepare_at(
+    reference: Reference,
+    auth: RegistryAuth,
+    client: Client,
+    registry: &str,
+    path: &str,
+) -> ApiResult<Plan> {
     let oref = match (&reference.digest, &reference.tag) {
-        (Some(d), _) => oci_client::Reference::with_digest(domain.into(), path.into(), d.clone()),
+        (Some(d), _) => oci_client::Reference::with_digest(registry.into(), path.into(), d.clone()),
         (None, t) => oci_client::Reference::with_tag(
-            domain.into(),
+            registry.into(),
             path.into(),
             t.clone()
                 .unwrap_or_else(|| super::reference::DEFAULT_TAG.into()),
         ),
     };
     let anonymous = matches!(auth, RegistryAuth::Anonymous);
-    let client = Arc::new(registry::client(oref.resolve_registry(), insecure));
+    let client = Arc::new(client);
     client
         .auth(&oref, &auth, RegistryOperation::Pull)
         .await

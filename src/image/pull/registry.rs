@@ -126,9 +126,14 @@ pub fn decode_auth(header: Option<&str>) -> RegistryAuth {
 
 /// A client for one pull from `registry` (plain HTTP when `insecure` allows it).
 pub fn client(registry: &str, insecure: &Insecure) -> Client {
+    client_plain(insecure.allows(registry))
+}
+
+/// A client speaking plain HTTP or HTTPS.
+pub fn client_plain(plain: bool) -> Client {
     // reqwest is built without a TLS provider of its own: ring is installed once.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let protocol = if insecure.allows(registry) {
+    let protocol = if plain {
         ClientProtocol::Http
     } else {
         ClientProtocol::Https
