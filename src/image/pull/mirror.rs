@@ -69,18 +69,19 @@ mod tests {
         assert_eq!(m[0].host, "127.0.0.1:5000");
         assert!(m[0].plain);
         let m = one("https://Mirror.example.com/").expect("valid");
-        assert_eq!(m[0].url, "https://mirror.example.com/");
+        assert_eq!(m[0].url, "https://Mirror.example.com/");
+        assert_eq!(m[0].host, "mirror.example.com");
         assert!(!m[0].plain);
         assert_eq!(
-            one("ftp://x").unwrap_err(),
+            one("ftp://x").expect_err("refused"),
             "invalid mirror: unsupported scheme \"ftp\" in \"ftp://x\""
         );
         assert_eq!(
-            one("127.0.0.1:5000").unwrap_err(),
+            one("127.0.0.1:5000").expect_err("refused"),
             "invalid mirror: unsupported scheme \"\" in \"127.0.0.1:5000\""
         );
         assert_eq!(
-            one("http://m/v2/").unwrap_err(),
+            one("http://m/v2/").expect_err("refused"),
             "invalid mirror: path, query, or fragment at end of the URI \"http://m/v2/\""
         );
         let two = parse(&["http://a:1".into(), "http://a:1/".into()]).expect("valid");
