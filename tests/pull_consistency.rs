@@ -377,3 +377,82 @@ fn prune_removes_the_layers_a_failed_pull_left() {
 fn short_hex(digest: &str) -> String {
     digest.trim_start_matches("sha256:").to_string()
 }
+
+fn blob_files(d: &Daemon) -> usize {
+    std::fs::read_dir(image_dir(d).join("blobs/sha256"))
+        .map(|r| r.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn pulled_images_share_layers_and_rmi_removes_what_nothing_uses() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = Daemon::start();
+    let reg = Registry::start(None);
+    let tar = d.path("busybox.tar");
+    busybox_rootfs_tar(&tar);
+    let bb = std::fs::read(&tar).expect("busybox tar");
+    let one = tar_of(&[("one", b"1\n")]);
+    let two = tar_of(&[("two", b"2\n")]);
+    let bb_gz = gzip(&bb);
+    push_image(
+        &reg,
+        "a",
+        "1",
+        &[
+            (bb.clone(), bb_gz.clone(), GZ),
+            (one.clone(), gzip(&one), GZ),
+        ],
+        false,
+    );
+    push_image(
+        &reg,
+        "b",
+        "1",
+        &[
+            (bb.clone(), bb_gz.clone(), GZ),
+            (two.clone(), gzip(&two), GZ),
+        ],
+        false,
+    );
+    let (a, b) = (format!("{}/a:1", reg.host()), format!("{}/b:1", reg.host()));
+    d.ok(&["pull", &a]);
+    let out = d.ok(&["pull", &b]);
+    assert!(
+        out.contains(&format!("{}: Already exists", short(&sha(&bb_gz)))),
+        "the busybox layer is shared: {out}"
+    );
+    assert_eq!(layer_dirs(&image_dir(&d)).len(), 3, "busybox + one + two");
+    assert_eq!(blob_files(&d), 2, "two configs");
+    d.ok(&["run", "--rm", &a, "cat", "/one"]);
+    d.ok(&["run", "--rm", &b, "cat", "/two"]);
+
+    // rmi a: its own layer and config go, the shared one stays for b.
+    let out = d.ok(&["rmi", &a]);
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("Deleted: ")).count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(layer_dirs(&image_dir(&d)).len(), 2);
+    assert_eq!(blob_files(&d), 1);
+    assert_eq!(d.ok(&["run", "--rm", &b, "cat", "/two"]), "2");
+
+    // rmi of the last tag removes the rest.
+    d.ok(&["tag", &b, "kept:1"]);
+    d.ok(&["rmi", &b]);
+    assert_eq!(layer_dirs(&image_dir(&d)).len(), 2, "kept:1 still names it");
+    d.ok(&["rmi", "kept:1"]);
+    assert!(layer_dirs(&image_dir(&d)).is_empty());
+    assert_eq!(blob_files(&d), 0);
+    // prune -a removes an unused pulled image with its layers and config.
+    d.ok(&["pull", &b]);
+    assert_eq!(layer_dirs(&image_dir(&d)).len(), 2);
+    let out = d.ok(&["image", "prune", "-a", "-f"]);
+    assert!(out.contains("Total reclaimed space"), "{out}");
+    assert!(layer_dirs(&image_dir(&d)).is_empty());
+    assert_eq!(blob_files(&d), 0);
+}
