@@ -1,5 +1,6 @@
 //! `--registry-mirror`: Docker Hub images come from the mirrors first (a dead mirror is
-//! skipped for the next), and are recorded under their Docker Hub names.
+//! skipped for the next), and are recorded under their Docker Hub names. `docker pull -a`:
+//! every tag of a repository.
 
 mod common;
 #[allow(dead_code)]
@@ -110,4 +111,45 @@ fn an_invalid_mirror_stops_the_daemon_with_dockerds_message() {
         "{err}"
     );
     assert!(!tmp.path().join("d").exists(), "nothing was created");
+}
+
+#[test]
+fn pull_all_tags_pulls_every_tag_of_the_repository() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let reg = Registry::start(None);
+    let d = Daemon::start();
+    let tar = d.path("busybox.tar");
+    busybox_rootfs_tar(&tar);
+    let bb = std::fs::read(&tar).expect("busybox tar");
+    let mut digests = Vec::new();
+    for tag in ["1", "2", "3"] {
+        let f = file_tar("tag", &format!("{tag}\n"));
+        let layers = [(bb.clone(), gzip(&bb), GZ), (f.clone(), gzip(&f), GZ)];
+        digests.push(push_image(&reg, "many", tag, &layers, false));
+    }
+    let repo = format!("{}/many", reg.host());
+    let out = d.ok(&["pull", "-a", &repo]);
+    for (tag, digest) in ["1", "2", "3"].iter().zip(&digests) {
+        assert!(out.contains(&format!("{tag}: Pulling from many")), "{out}");
+        assert!(out.contains(&format!("Digest: {digest}")), "{out}");
+        let ran = d.ok(&["run", "--rm", &format!("{repo}:{tag}"), "cat", "/tag"]);
+        assert_eq!(ran, *tag);
+    }
+    assert!(
+        out.contains(&format!("Status: Downloaded newer image for {repo}")),
+        "{out}"
+    );
+    let again = d.ok(&["pull", "-a", &repo]);
+    assert!(
+        again.contains(&format!("Status: Image is up to date for {repo}")),
+        "{again}"
+    );
+    let err = d.fails(&["pull", "-a", &format!("{}/nothing", reg.host())]);
+    assert!(
+        err.contains("name unknown") || err.contains("not found"),
+        "{err}"
+    );
 }

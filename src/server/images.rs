@@ -179,13 +179,15 @@ async fn load(d: &Daemon, req: Request) -> ApiResult<Response> {
 /// error responses; later ones end the stream with an `errorDetail`, as dockerd does.
 async fn pull(d: &Daemon, req: &Request, from: &str) -> ApiResult<Response> {
     let tag = req.q("tag").unwrap_or("");
-    let full = if tag.is_empty() {
+    let auth = pull::decode_auth(req.header("x-registry-auth"));
+    if tag.is_empty() {
         // The CLI always names a tag, except for `docker pull -a`.
-        if Reference::parse(from)?.is_name_only() {
-            return Err(ApiError::NotImplemented(
-                "pulling all tags of a repository (docker pull -a) is not supported yet".into(),
-            ));
+        let repo = Reference::parse(from)?;
+        if repo.is_name_only() {
+            return pull_all_tags(d, repo, auth).await;
         }
+    }
+    let full = if tag.is_empty() {
         from.to_string()
     } else if tag.contains(':') {
         format!("{from}@{tag}")
@@ -193,7 +195,6 @@ async fn pull(d: &Daemon, req: &Request, from: &str) -> ApiResult<Response> {
         format!("{from}:{tag}")
     };
     let reference = Reference::parse_with_default_tag(&full)?;
-    let auth = pull::decode_auth(req.header("x-registry-auth"));
     let plan = pull::prepare(
         reference,
         auth,
@@ -201,10 +202,38 @@ async fn pull(d: &Daemon, req: &Request, from: &str) -> ApiResult<Response> {
         &d.config.registry_mirrors,
     )
     .await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let images = d.images.clone();
+    Ok(pull_stream(move |tx| pull::run(images, plan, tx)))
+}
+
+/// `docker pull -a`: the tags are listed before the stream starts (an unknown repository is
+/// a plain error), then pulled one after the other.
+async fn pull_all_tags(
+    d: &Daemon,
+    repo: Reference,
+    auth: oci_client::secrets::RegistryAuth,
+) -> ApiResult<Response> {
+    let (insecure, mirrors) = (
+        d.config.insecure_registries.clone(),
+        d.config.registry_mirrors.clone(),
+    );
+    let tags = pull::list_tags(&repo, &auth, &insecure, &mirrors).await?;
+    let images = d.images.clone();
+    Ok(pull_stream(move |tx| {
+        pull::run_all_tags(images, repo, tags, auth, insecure, mirrors, tx)
+    }))
+}
+
+/// The JSON-message stream of a pull; an error ends it with an `errorDetail`.
+fn pull_stream<F, Fut>(work: F) -> Response
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Vec<u8>>) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<()>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let fut = work(tx.clone());
     tokio::spawn(async move {
-        if let Err(e) = pull::run(images, plan, tx.clone()).await {
+        if let Err(e) = fut.await {
             tracing::info!(error = %e, "image pull failed");
             let msg = e.to_string();
             let _ = tx
@@ -214,13 +243,13 @@ async fn pull(d: &Daemon, req: &Request, from: &str) -> ApiResult<Response> {
                 .await;
         }
     });
-    Ok(Response::Stream {
+    Response::Stream {
         status: 200,
         content_type: "application/json",
         headers: vec![],
         rx,
         resumable: None,
-    })
+    }
 }
 
 /// `POST /auth` (`docker login`): 200 `Login Succeeded` when the registry accepts the

@@ -12,7 +12,9 @@
 //!
 //! Images of Docker Hub come from the `--registry-mirror`s first ([`mirror`]).
 //!
-//! Not here yet: `pull -a`, the HTTPS-then-HTTP fallback dockerd uses
+//! `docker pull -a` lists the tags and pulls each ([`run_all_tags`]).
+//!
+//! Not here yet: the HTTPS-then-HTTP fallback dockerd uses
 //! for insecure registries (they are plain HTTP right away).
 
 mod fetch;
@@ -191,24 +193,76 @@ pub async fn prepare(
     insecure: &Insecure,
     mirrors: &[mirror::Mirror],
 ) -> ApiResult<Plan> {
+    let mut last = None;
+    for (client, registry, path) in endpoints(&reference, insecure, mirrors)? {
+        match prepare_at(reference.clone(), auth.clone(), client, &registry, &path).await {
+            Ok(plan) => return Ok(plan),
+            Err(e) => {
+                tracing::warn!(%registry, error = %e, "pull from endpoint failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| ApiError::Internal("no registry endpoint to pull from".into())))
+}
+
+/// Where `reference` is pulled from, in order: (client, `host[:port]`, repository path).
+/// Docker Hub names go to each mirror first.
+fn endpoints(
+    reference: &Reference,
+    insecure: &Insecure,
+    mirrors: &[mirror::Mirror],
+) -> ApiResult<Vec<(Client, String, String)>> {
     let (domain, path) = reference
         .name
         .split_once('/')
         .ok_or_else(|| ApiError::BadRequest(format!("invalid reference {}", reference.name)))?;
-    let (domain, path) = (domain.to_string(), path.to_string());
+    let mut out = Vec::new();
     if domain == super::reference::DEFAULT_DOMAIN {
         for m in mirrors {
-            let client = registry::client_plain(m.plain);
-            match prepare_at(reference.clone(), auth.clone(), client, &m.host, &path).await {
-                Ok(plan) => return Ok(plan),
-                Err(e) => {
-                    tracing::warn!(mirror = %m.url, error = %e, "pull from mirror failed, trying the next endpoint")
-                }
-            }
+            out.push((
+                registry::client_plain(m.plain),
+                m.host.clone(),
+                path.to_string(),
+            ));
         }
     }
-    let client = registry::client(&domain, insecure);
-    prepare_at(reference, auth, client, &domain, &path).await
+    out.push((
+        registry::client(domain, insecure),
+        domain.to_string(),
+        path.to_string(),
+    ));
+    Ok(out)
+}
+
+/// `docker pull -a`: the tags of the repository `reference` names, from the first endpoint
+/// that lists them.
+pub async fn list_tags(
+    reference: &Reference,
+    auth: &RegistryAuth,
+    insecure: &Insecure,
+    mirrors: &[mirror::Mirror],
+) -> ApiResult<Vec<String>> {
+    let anonymous = matches!(auth, RegistryAuth::Anonymous);
+    let mut last = None;
+    for (client, registry, path) in endpoints(reference, insecure, mirrors)? {
+        let oref = oci_client::Reference::with_tag(registry.clone(), path, "latest".into());
+        let listed = match client.auth(&oref, auth, RegistryOperation::Pull).await {
+            Ok(_) => client.list_tags(&oref, auth, None, None).await,
+            Err(e) => Err(e),
+        };
+        match listed {
+            Ok(t) if !t.tags.is_empty() => return Ok(t.tags),
+            Ok(_) => {
+                last = Some(ApiError::NotFound(format!(
+                    "repository {} has no tags",
+                    reference.familiar()
+                )))
+            }
+            Err(e) => last = Some(registry_error(e, "Get", None, anonymous)),
+        }
+    }
+    Err(last.unwrap_or_else(|| ApiError::Internal("no registry endpoint to pull from".into())))
 }
 
 /// [`prepare`] at one endpoint (`registry` is `host[:port]`, `path` the repository there).
@@ -334,6 +388,52 @@ impl Drop for Follows {
 
 /// Streams the pull of a prepared image into `tx` and records it.
 pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> ApiResult<()> {
+    let shown = plan.shown();
+    let up_to_date = run_one(images, plan, &tx).await?;
+    say(&tx, json!({ "status": final_status(up_to_date, &shown) })).await;
+    Ok(())
+}
+
+fn final_status(up_to_date: bool, shown: &str) -> String {
+    if up_to_date {
+        format!("Status: Image is up to date for {shown}")
+    } else {
+        format!("Status: Downloaded newer image for {shown}")
+    }
+}
+
+/// `docker pull -a`: every tag of the repository, one after the other, then one status line
+/// naming the repository.
+pub async fn run_all_tags(
+    images: Arc<ImageStore>,
+    repo: Reference,
+    tags: Vec<String>,
+    auth: RegistryAuth,
+    insecure: Insecure,
+    mirrors: Vec<mirror::Mirror>,
+    tx: Sender<Vec<u8>>,
+) -> ApiResult<()> {
+    let mut all_up_to_date = true;
+    for tag in tags {
+        let r = Reference {
+            name: repo.name.clone(),
+            tag: Some(tag),
+            digest: None,
+        };
+        let plan = prepare(r, auth.clone(), &insecure, &mirrors).await?;
+        all_up_to_date &= run_one(images.clone(), plan, &tx).await?;
+    }
+    say(
+        &tx,
+        json!({ "status": final_status(all_up_to_date, &repo.familiar()) }),
+    )
+    .await;
+    Ok(())
+}
+
+/// One image: layers, record, references, the `Digest:` line. Returns whether the image
+/// and its references were all there already.
+async fn run_one(images: Arc<ImageStore>, plan: Plan, tx: &Sender<Vec<u8>>) -> ApiResult<bool> {
     let path = plan
         .reference
         .name
@@ -347,7 +447,7 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
         .or_else(|| plan.reference.tag.clone())
         .unwrap_or_default();
     say(
-        &tx,
+        tx,
         json!({"status": format!("Pulling from {path}"), "id": id_shown}),
     )
     .await;
@@ -376,7 +476,7 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
             "Pulling fs layer"
         };
         say(
-            &tx,
+            tx,
             json!({"status": status, "progressDetail": {}, "id": short(&layer.digest)}),
         )
         .await;
@@ -407,7 +507,7 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
         if !waiter.started {
             // Another pull is fetching it: this one waits for that download.
             say(
-                &tx,
+                tx,
                 json!({"status": "Waiting", "progressDetail": {}, "id": short(&layer.digest)}),
             )
             .await;
@@ -431,7 +531,7 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
             .map_err(|e| ApiError::internal("layer task", e))??;
         slot.take();
         say(
-            &tx,
+            tx,
             json!({"status": "Pull complete", "progressDetail": {}, "id": short(&plan.layers[i].digest)}),
         )
         .await;
@@ -459,12 +559,6 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
     })
     .await
     .map_err(|e| ApiError::internal("record image task", e))??;
-    say(&tx, json!({"status": format!("Digest: {}", plan.digest)})).await;
-    let status = if up_to_date {
-        format!("Status: Image is up to date for {}", plan.shown())
-    } else {
-        format!("Status: Downloaded newer image for {}", plan.shown())
-    };
-    say(&tx, json!({ "status": status })).await;
-    Ok(())
+    say(tx, json!({"status": format!("Digest: {}", plan.digest)})).await;
+    Ok(up_to_date)
 }
