@@ -208,11 +208,6 @@ fn pull_from_plain_registry() {
         )),
         "{err}"
     );
-    let err = d.fails(&["pull", "-a", &format!("{host}/bb")]);
-    assert!(
-        err.contains("(docker pull -a) is not supported yet"),
-        "{err}"
-    );
     let err = d.fails(&["pull", "127.0.0.1:1/bb:1"]);
     assert!(
         err.contains(

@@ -14,8 +14,8 @@
 //!
 //! `docker pull -a` lists the tags and pulls each ([`run_all_tags`]).
 //!
-//! Not here yet: the HTTPS-then-HTTP fallback dockerd uses
-//! for insecure registries (they are plain HTTP right away).
+//! Insecure registries (loopback, `--insecure-registry`) are tried over HTTPS with any
+//! certificate, then over plain HTTP when HTTPS gets no answer, as dockerd does.
 
 mod fetch;
 pub mod inflight;
@@ -34,7 +34,7 @@ use crate::error::{ApiError, ApiResult};
 use futures::StreamExt;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
-use registry::registry_error;
+use registry::{registry_error, Scheme};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -194,11 +194,19 @@ pub async fn prepare(
     mirrors: &[mirror::Mirror],
 ) -> ApiResult<Plan> {
     let mut last = None;
-    for (client, registry, path) in endpoints(&reference, insecure, mirrors)? {
-        match prepare_at(reference.clone(), auth.clone(), client, &registry, &path).await {
+    for ep in endpoints(&reference, insecure, mirrors)? {
+        match prepare_at(reference.clone(), auth.clone(), &ep).await {
             Ok(plan) => return Ok(plan),
-            Err(e) => {
-                tracing::warn!(%registry, error = %e, "pull from endpoint failed");
+            Err((e, unreachable)) => {
+                let next = match ep.kind {
+                    Kind::Mirror => true,
+                    Kind::Probe => unreachable,
+                    Kind::Last => false,
+                };
+                if !next {
+                    return Err(e);
+                }
+                tracing::warn!(registry = %ep.registry, error = %e, "pull endpoint failed, trying the next");
                 last = Some(e);
             }
         }
@@ -206,32 +214,57 @@ pub async fn prepare(
     Err(last.unwrap_or_else(|| ApiError::Internal("no registry endpoint to pull from".into())))
 }
 
-/// Where `reference` is pulled from, in order: (client, `host[:port]`, repository path).
-/// Docker Hub names go to each mirror first.
+/// What happens when an endpoint fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// A `--registry-mirror`: any failure goes on to the next endpoint.
+    Mirror,
+    /// HTTPS to an insecure registry: go on to plain HTTP when it cannot be reached.
+    Probe,
+    /// The last endpoint: its error is the pull's.
+    Last,
+}
+
+/// One place to pull from.
+struct Endpoint {
+    client: Client,
+    /// `host[:port]`.
+    registry: String,
+    /// The repository path there.
+    path: String,
+    kind: Kind,
+}
+
+/// Where `reference` is pulled from, in order. Docker Hub names go to each mirror first;
+/// an insecure registry is tried over HTTPS with any certificate, then over plain HTTP.
 fn endpoints(
     reference: &Reference,
     insecure: &Insecure,
     mirrors: &[mirror::Mirror],
-) -> ApiResult<Vec<(Client, String, String)>> {
+) -> ApiResult<Vec<Endpoint>> {
     let (domain, path) = reference
         .name
         .split_once('/')
         .ok_or_else(|| ApiError::BadRequest(format!("invalid reference {}", reference.name)))?;
+    let ep = |scheme, registry: &str, kind| Endpoint {
+        client: registry::client_with(scheme),
+        registry: registry.to_string(),
+        path: path.to_string(),
+        kind,
+    };
     let mut out = Vec::new();
     if domain == super::reference::DEFAULT_DOMAIN {
         for m in mirrors {
-            out.push((
-                registry::client_plain(m.plain),
-                m.host.clone(),
-                path.to_string(),
-            ));
+            let scheme = if m.plain { Scheme::Http } else { Scheme::Https };
+            out.push(ep(scheme, &m.host, Kind::Mirror));
         }
     }
-    out.push((
-        registry::client(domain, insecure),
-        domain.to_string(),
-        path.to_string(),
-    ));
+    if insecure.allows(domain) {
+        out.push(ep(Scheme::HttpsAnyCert, domain, Kind::Probe));
+        out.push(ep(Scheme::Http, domain, Kind::Last));
+    } else {
+        out.push(ep(Scheme::Https, domain, Kind::Last));
+    }
     Ok(out)
 }
 
@@ -245,34 +278,42 @@ pub async fn list_tags(
 ) -> ApiResult<Vec<String>> {
     let anonymous = matches!(auth, RegistryAuth::Anonymous);
     let mut last = None;
-    for (client, registry, path) in endpoints(reference, insecure, mirrors)? {
-        let oref = oci_client::Reference::with_tag(registry.clone(), path, "latest".into());
-        let listed = match client.auth(&oref, auth, RegistryOperation::Pull).await {
-            Ok(_) => client.list_tags(&oref, auth, None, None).await,
+    for ep in endpoints(reference, insecure, mirrors)? {
+        let oref = oci_client::Reference::with_tag(ep.registry.clone(), ep.path, "latest".into());
+        let listed = match ep.client.auth(&oref, auth, RegistryOperation::Pull).await {
+            Ok(_) => ep.client.list_tags(&oref, auth, None, None).await,
             Err(e) => Err(e),
         };
-        match listed {
+        let unreachable = match listed {
             Ok(t) if !t.tags.is_empty() => return Ok(t.tags),
             Ok(_) => {
                 last = Some(ApiError::NotFound(format!(
                     "repository {} has no tags",
                     reference.familiar()
-                )))
+                )));
+                false
             }
-            Err(e) => last = Some(registry_error(e, "Get", None, anonymous)),
+            Err(e) => {
+                let u = registry::unreachable(&e);
+                last = Some(registry_error(e, "Get", None, anonymous));
+                u
+            }
+        };
+        if ep.kind == Kind::Last || (ep.kind == Kind::Probe && !unreachable) {
+            break;
         }
     }
     Err(last.unwrap_or_else(|| ApiError::Internal("no registry endpoint to pull from".into())))
 }
 
-/// [`prepare`] at one endpoint (`registry` is `host[:port]`, `path` the repository there).
+/// [`prepare`] at one endpoint. An error says whether the endpoint could not be reached at
+/// all (its first request got no HTTP answer).
 async fn prepare_at(
     reference: Reference,
     auth: RegistryAuth,
-    client: Client,
-    registry: &str,
-    path: &str,
-) -> ApiResult<Plan> {
+    ep: &Endpoint,
+) -> Result<Plan, (ApiError, bool)> {
+    let (registry, path) = (ep.registry.as_str(), ep.path.as_str());
     let oref = match (&reference.digest, &reference.tag) {
         (Some(d), _) => oci_client::Reference::with_digest(registry.into(), path.into(), d.clone()),
         (None, t) => oci_client::Reference::with_tag(
@@ -283,11 +324,25 @@ async fn prepare_at(
         ),
     };
     let anonymous = matches!(auth, RegistryAuth::Anonymous);
-    let client = Arc::new(client);
-    client
-        .auth(&oref, &auth, RegistryOperation::Pull)
+    let client = Arc::new(ep.client.clone());
+    if let Err(e) = client.auth(&oref, &auth, RegistryOperation::Pull).await {
+        let unreachable = registry::unreachable(&e);
+        return Err((registry_error(e, "Get", None, anonymous), unreachable));
+    }
+    resolve(reference, auth, client, oref, anonymous)
         .await
-        .map_err(|e| registry_error(e, "Get", None, anonymous))?;
+        .map_err(|e| (e, false))
+}
+
+/// The manifest (an index narrowed to this platform) and config, at an endpoint that
+/// answered.
+async fn resolve(
+    reference: Reference,
+    auth: RegistryAuth,
+    client: Arc<Client>,
+    oref: oci_client::Reference,
+    anonymous: bool,
+) -> ApiResult<Plan> {
     let mut plan = Plan {
         client,
         oref: oref.clone(),

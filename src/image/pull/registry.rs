@@ -131,20 +131,42 @@ pub fn client(registry: &str, insecure: &Insecure) -> Client {
 
 /// A client speaking plain HTTP or HTTPS.
 pub fn client_plain(plain: bool) -> Client {
+    client_with(if plain { Scheme::Http } else { Scheme::Https })
+}
+
+/// How a client reaches its registry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scheme {
+    /// HTTPS with the certificate checked.
+    Https,
+    /// HTTPS with any certificate (an insecure registry's first try, as dockerd does).
+    HttpsAnyCert,
+    /// Plain HTTP.
+    Http,
+}
+
+/// A client for `scheme`.
+pub fn client_with(scheme: Scheme) -> Client {
     // reqwest is built without a TLS provider of its own: ring is installed once.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let protocol = if plain {
-        ClientProtocol::Http
-    } else {
-        ClientProtocol::Https
+    let protocol = match scheme {
+        Scheme::Http => ClientProtocol::Http,
+        Scheme::Https | Scheme::HttpsAnyCert => ClientProtocol::Https,
     };
     Client::new(ClientConfig {
         protocol,
+        accept_invalid_certificates: scheme == Scheme::HttpsAnyCert,
         connect_timeout: Some(Duration::from_secs(30)),
         // Index selection is ours (linux/<host arch>), never the library's.
         platform_resolver: None,
         ..Default::default()
     })
+}
+
+/// Whether a request failed before any HTTP answer (refused, TLS handshake, timeout): the
+/// case in which dockerd tries an insecure registry's next endpoint (plain HTTP).
+pub fn unreachable(e: &OciDistributionError) -> bool {
+    matches!(e, OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() || r.is_request())
 }
 
 /// `manifest unknown: manifest unknown` (the code as text, then the message), per error.
@@ -206,6 +228,22 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// A transport error as Go's net package words it (`dial tcp 127.0.0.1:1: connect:
 /// connection refused`) when it is a failed connect, else the error chain.
+/// A refused server certificate as Go's crypto/x509 words it (what dockerd prints).
+fn x509_text(c: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match c {
+        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+            "x509: certificate has expired or is not yet valid".into()
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "x509: certificate is not valid for this host".into()
+        }
+        C::Revoked => "x509: certificate has been revoked".into(),
+        // Unknown issuer, a self-signed (CA) certificate used by the server, bad signature.
+        _ => "x509: certificate signed by unknown authority".into(),
+    }
+}
+
 fn request_error(r: &reqwest::Error) -> String {
     let mut cur: Option<&dyn std::error::Error> = Some(r);
     while let Some(e) = cur {
@@ -214,6 +252,23 @@ fn request_error(r: &reqwest::Error) -> String {
             // TLS spoken to a plain-HTTP server: rustls reads a non-TLS record.
             if text.to_ascii_lowercase().contains("invalidcontenttype") {
                 return "http: server gave HTTP response to HTTPS client".into();
+            }
+            // io::Error's source() skips the error it wraps: look at that one too.
+            let mut inner: Option<&(dyn std::error::Error + 'static)> = io
+                .get_ref()
+                .map(|x| x as &(dyn std::error::Error + 'static));
+            while let Some(x) = inner {
+                if let Some(rustls::Error::InvalidCertificate(c)) =
+                    x.downcast_ref::<rustls::Error>()
+                {
+                    return x509_text(c);
+                }
+                inner = match x.downcast_ref::<std::io::Error>() {
+                    Some(io) => io
+                        .get_ref()
+                        .map(|y| y as &(dyn std::error::Error + 'static)),
+                    None => x.source(),
+                };
             }
             if io.kind() == std::io::ErrorKind::InvalidData {
                 return format!("tls: {text}");
