@@ -193,6 +193,36 @@ impl ImageStore {
         Ok(freed)
     }
 
+    /// Removes those of `chains` (layers a failed load or pull registered) that no image
+    /// nor retained image uses, so a failure leaves no layer behind. A concurrent load that
+    /// wanted one of them fails in `commit_image` with a "retry" error, never with a
+    /// half image. Errors are logged: this runs on an error path already.
+    pub(crate) fn drop_unreferenced_layers(&self, chains: &[String]) {
+        if chains.is_empty() {
+            return;
+        }
+        let _g = self.guard();
+        let mut used: HashSet<String> = match self.all_images() {
+            Ok(all) => all.into_iter().flat_map(|m| m.layers).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "left layers of a failed load: cannot list images");
+                return;
+            }
+        };
+        match self.retained.all::<ImageMeta>() {
+            Ok(r) => used.extend(r.into_iter().flat_map(|(_, m)| m.layers)),
+            Err(e) => {
+                tracing::warn!(error = %e, "left layers of a failed load: cannot list images");
+                return;
+            }
+        }
+        for c in chains.iter().rev().filter(|c| !used.contains(*c)) {
+            if let Err(e) = self.layers.remove(c) {
+                tracing::warn!(layer = %c, error = %e, "layer of a failed load not removed");
+            }
+        }
+    }
+
     /// Removes a gone image's config blob and the layers of `meta` that no image (nor a
     /// retained one) uses; returns the removed chain ids, topmost first, with their sizes.
     /// The caller holds the guard and has already removed the image's record.

@@ -160,7 +160,18 @@ impl Plan {
             .map_err(|e| self.step_err(e, false))?;
         let mut out = Vec::new();
         while let Some(chunk) = s.next().await {
-            let chunk = chunk.map_err(|e| ApiError::internal(&format!("read blob {digest}"), e))?;
+            let chunk = chunk.map_err(|e| {
+                // oci-client checks the digest at the end of the stream; its message names
+                // the wrong digest, so say it as we do below.
+                let digest_err = e
+                    .get_ref()
+                    .is_some_and(|x| x.is::<oci_client::errors::DigestError>());
+                if digest_err {
+                    ApiError::Internal(format!("blob verification failed for digest {digest}"))
+                } else {
+                    ApiError::internal(&format!("read blob {digest}"), e)
+                }
+            })?;
             out.extend_from_slice(&chunk);
             if out.len() as u64 > limit {
                 return Err(ApiError::Internal(format!(
@@ -175,6 +186,17 @@ impl Plan {
         }
         Ok(out)
     }
+}
+
+/// A `mediaType` the manifest names must be one we asked for (dockerd's wording).
+fn check_media_type(m: &Manifest) -> ApiResult<()> {
+    if m.media_type.is_empty() || ACCEPT.contains(&m.media_type.as_str()) {
+        return Ok(());
+    }
+    Err(ApiError::Internal(format!(
+        "unsupported manifest media type and no default available: {}",
+        m.media_type
+    )))
 }
 
 /// Resolves `reference` at its registry: credentials, manifest (an index is narrowed to
@@ -216,6 +238,7 @@ pub async fn prepare(
     let (body, digest) = plan.manifest(&oref, &auth).await?;
     plan.digest = digest;
     let mut m: Manifest = serde_json::from_slice(&body).map_err(|e| bad_manifest("manifest", e))?;
+    check_media_type(&m)?;
     let is_index = m.manifests.is_some()
         || m.media_type.contains("manifest.list")
         || m.media_type.contains("image.index");
@@ -247,6 +270,7 @@ pub async fn prepare(
         );
         let (body, _) = plan.manifest(&child, &auth).await?;
         m = serde_json::from_slice(&body).map_err(|e| bad_manifest("manifest", e))?;
+        check_media_type(&m)?;
         if m.manifests.is_some() {
             return Err(bad_manifest("manifest", "an index inside an index"));
         }
@@ -289,8 +313,24 @@ pub async fn prepare(
     Ok(plan)
 }
 
-/// Streams the pull of a prepared image into `tx` and records it.
+/// Streams the pull of a prepared image into `tx` and records it. A pull that fails
+/// leaves none of the layers it registered behind.
 pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> ApiResult<()> {
+    let mut fresh = Vec::new();
+    let res = stream(images.clone(), plan, tx, &mut fresh).await;
+    if res.is_err() && !fresh.is_empty() {
+        let _ = tokio::task::spawn_blocking(move || images.drop_unreferenced_layers(&fresh)).await;
+    }
+    res
+}
+
+/// [`run`]'s work; `fresh` collects the layers it registered.
+async fn stream(
+    images: Arc<ImageStore>,
+    plan: Plan,
+    tx: Sender<Vec<u8>>,
+    fresh: &mut Vec<String>,
+) -> ApiResult<()> {
     let path = plan
         .reference
         .name
@@ -379,6 +419,7 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
         })
         .await
         .map_err(|e| ApiError::internal("extract task", e))??;
+        fresh.push(chains[i].clone());
         say(
             &tx,
             json!({"status": "Pull complete", "progressDetail": {}, "id": id}),
