@@ -95,6 +95,27 @@ fn load(d: &Daemon, files: &Files) -> std::process::Output {
     d.docker(&["load", "-i", f.to_str().expect("utf8")])
 }
 
+/// Runs `c`, failing the test (after killing it) when it takes more than 20 s.
+fn within_20s(mut c: std::process::Command, what: &str) -> std::process::Output {
+    let child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+            panic!("{what}: docker load hung");
+        }
+    }
+}
+
 #[test]
 fn malformed_load_archives_fail_cleanly() {
     if !is_root() {
@@ -238,6 +259,38 @@ fn malformed_load_archives_fail_cleanly() {
         "{err}"
     );
     assert_nothing_left(&d, "layer path through a symlink");
+    // Members that are fifos (the loader must not block opening them) or directories.
+    for (member, kind) in [
+        ("manifest.json", b'6'),
+        ("config", b'6'),
+        ("layer", b'6'),
+        ("layer", b'5'),
+    ] {
+        let mut t = Tar::default();
+        for (n, data) in save(&cfg, &both, |_| {}) {
+            let replaced = match member {
+                "config" => n.ends_with(".json") && n != "manifest.json",
+                "layer" => n.ends_with("layer.tar") && n.starts_with(&hex(&sha(&l2))),
+                _ => n == member,
+            };
+            t = if replaced {
+                t.entry(n.as_bytes(), kind, b"", b"", 0o644)
+            } else {
+                t.file(&n, &data)
+            };
+        }
+        let f = d.path("fifo.tar");
+        std::fs::write(&f, t.done()).expect("write");
+        let what = format!("{member} as type {}", kind as char);
+        let out = within_20s(
+            d.docker_cmd(&["load", "-i", f.to_str().expect("utf8")]),
+            &what,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: loaded");
+        assert!(err.contains("invalid archive"), "{what}: {err}");
+        assert_nothing_left(&d, &what);
+    }
     // The same images, well-formed, load.
     assert!(load(&d, &save(&cfg, &both, |_| {})).status.success());
     assert!(load(&d, &oci(files, top)).status.success());

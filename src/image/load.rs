@@ -84,13 +84,19 @@ fn resolve_in(root: &Path, rel: &str) -> ApiResult<PathBuf> {
     Ok(p)
 }
 
+/// Opens a regular file of the archive; a fifo is never waited on (`O_NONBLOCK`).
 fn open_in(root: &Path, rel: &str) -> ApiResult<std::fs::File> {
     let p = resolve_in(root, rel)?;
-    std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&p)
-        .map_err(|e| bad(format!("invalid archive: open {rel}: {e}")))
+        .map_err(|e| bad(format!("invalid archive: open {rel}: {e}")))?;
+    match f.metadata() {
+        Ok(m) if m.is_file() => Ok(f),
+        Ok(_) => Err(bad(format!("invalid archive: {rel} is not a regular file"))),
+        Err(e) => Err(bad(format!("invalid archive: stat {rel}: {e}"))),
+    }
 }
 
 fn read_json_in(root: &Path, rel: &str, limit: u64) -> ApiResult<Vec<u8>> {
