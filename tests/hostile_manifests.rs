@@ -4,10 +4,14 @@
 //!
 //! The pulls use a canned registry served from this test (`/v2/`, manifests and blobs from
 //! a table), because Debian's `docker-registry` refuses to store most of these manifests;
-//! tests/hostile_layers.rs pulls hostile layers from the real one.
+//! what it does store (oversized config, wrong diff id, blobs altered on its disk, a list
+//! without linux/amd64) is pulled from it as well, and tests/hostile_layers.rs pulls
+//! hostile layers from it.
 
 mod common;
 mod hostile_util;
+#[allow(dead_code)]
+mod registry_util;
 
 use common::{is_root, Daemon};
 use hostile_util::{assert_no_temp, config_for, image_dir, sha, Tar};
@@ -304,4 +308,63 @@ fn malformed_manifests_and_configs_fail_the_pull_cleanly() {
     // The well-formed image pulls: the failures above are the manifests', not the setup's.
     reg.manifest("good", V2, good);
     d.ok(&["pull", &format!("{}/x:good", reg.host())]);
+}
+
+#[test]
+fn bad_images_in_a_real_registry_fail_the_pull_cleanly() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = Daemon::start();
+    let reg = registry_util::Registry::start(None);
+    let l1 = Tar::default().file("one", b"1").done();
+    let l2 = Tar::default().file("two", b"2").done();
+    let (g1, g2) = (gz(&l1), gz(&l2));
+    let cfg = config_for(&[&l1, &l2]);
+    let layers = [
+        json!({"mediaType": GZ, "size": g1.len(), "digest": reg.put_blob("r", &g1)}),
+        json!({"mediaType": GZ, "size": g2.len(), "digest": reg.put_blob("r", &g2)}),
+    ];
+    let image = |config: &[u8]| {
+        let c = json!({"mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": config.len(), "digest": reg.put_blob("r", config)});
+        json!({"schemaVersion": 2, "mediaType": V2, "config": c, "layers": layers})
+    };
+    let mut big: Value = serde_json::from_slice(&cfg).expect("cfg");
+    big["comment"] = json!("x".repeat(9 << 20));
+    let big = serde_json::to_vec(&big).expect("json");
+    reg.put_manifest("r", "bigconfig", &image(&big));
+    let other = Tar::default().file("two", b"other").done();
+    reg.put_manifest("r", "diffid", &image(&config_for(&[&l1, &other])));
+    // Blobs altered on the registry's disk after upload: it serves them as they are.
+    let tampered_cfg = config_for(&[&l1, &l1, &l2]);
+    let m = image(&tampered_cfg);
+    reg.put_manifest("r", "configdigest", &m);
+    std::fs::write(reg.blob_file(&sha(&tampered_cfg)), &cfg).expect("tamper config");
+    let g3 = gz(&Tar::default().file("three", b"3").done());
+    let l3 = json!({"mediaType": GZ, "size": g3.len(), "digest": reg.put_blob("r", &g3)});
+    let mut m = image(&config_for(&[&l1, &Tar::default().file("three", b"3").done()]));
+    m["layers"] = json!([layers[0], l3]);
+    reg.put_manifest("r", "layerdigest", &m);
+    std::fs::write(reg.blob_file(&sha(&g3)), &g2).expect("tamper layer");
+    let good = image(&cfg);
+    let good_digest = reg.put_manifest("r", "good", &good);
+    let body = serde_json::to_vec(&good).expect("json");
+    let list = json!({"schemaVersion": 2, "mediaType": LIST, "manifests": [
+        {"mediaType": V2, "size": body.len(), "digest": good_digest,
+         "platform": {"architecture": "arm64", "os": "linux"}}]});
+    reg.put_manifest("r", "noarch", &list);
+    for (tag, msg) in [
+        ("bigconfig", "is larger than 8388608 bytes"),
+        ("diffid", "invalid diffID"),
+        ("configdigest", "blob verification failed"),
+        ("layerdigest", "filesystem layer verification failed"),
+        ("noarch", "no matching manifest for linux/amd64 in the manifest list entries"),
+    ] {
+        let err = d.fails(&["pull", &format!("{}/r:{tag}", reg.host())]);
+        assert!(err.contains(msg), "pull {tag}: {err:?} lacks {msg:?}");
+        assert_nothing_left(&d, &format!("pull {tag}"));
+    }
+    d.ok(&["pull", &format!("{}/r:good", reg.host())]);
 }
