@@ -344,7 +344,10 @@ fn bad_images_in_a_real_registry_fail_the_pull_cleanly() {
     std::fs::write(reg.blob_file(&sha(&tampered_cfg)), &cfg).expect("tamper config");
     let g3 = gz(&Tar::default().file("three", b"3").done());
     let l3 = json!({"mediaType": GZ, "size": g3.len(), "digest": reg.put_blob("r", &g3)});
-    let mut m = image(&config_for(&[&l1, &Tar::default().file("three", b"3").done()]));
+    let mut m = image(&config_for(&[
+        &l1,
+        &Tar::default().file("three", b"3").done(),
+    ]));
     m["layers"] = json!([layers[0], l3]);
     reg.put_manifest("r", "layerdigest", &m);
     std::fs::write(reg.blob_file(&sha(&g3)), &g2).expect("tamper layer");
@@ -360,7 +363,10 @@ fn bad_images_in_a_real_registry_fail_the_pull_cleanly() {
         ("diffid", "invalid diffID"),
         ("configdigest", "blob verification failed"),
         ("layerdigest", "filesystem layer verification failed"),
-        ("noarch", "no matching manifest for linux/amd64 in the manifest list entries"),
+        (
+            "noarch",
+            "no matching manifest for linux/amd64 in the manifest list entries",
+        ),
     ] {
         let err = d.fails(&["pull", &format!("{}/r:{tag}", reg.host())]);
         assert!(err.contains(msg), "pull {tag}: {err:?} lacks {msg:?}");

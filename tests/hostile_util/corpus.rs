@@ -185,6 +185,55 @@ pub fn corpus(s: &Sentinel) -> Vec<Case> {
         None,
     );
     add(
+        "symlink-then-dir",
+        "symlink `s` to the host, then a directory `s/` and `s/f`",
+        Tar::default()
+            .symlink("s", &abs)
+            .dir("s/")
+            .file("s/f", b"d"),
+        accept(|root| {
+            lstat(root, "s")?
+                .is_dir()
+                .then_some(())
+                .ok_or("s is no directory".to_string())?;
+            is_file(root, "s/f", b"d")
+        }),
+        None,
+    );
+    add(
+        "overlay-xattrs",
+        "PAX xattrs for overlayfs (redirect, opaque, origin) on a file",
+        Tar::default().pax(
+            &[
+                ("SCHILY.xattr.trusted.overlay.redirect", b"/etc"),
+                ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+                ("SCHILY.xattr.trusted.overlay.origin", b"x"),
+                ("SCHILY.xattr.user.kept", b"1"),
+            ],
+            "x",
+            b"e",
+        ),
+        accept(|root| {
+            is_file(root, "x", b"e")?;
+            let names: Vec<_> = xattr::list(root.join("x"))
+                .map_err(|e| e.to_string())?
+                .collect();
+            let bad: Vec<_> = names
+                .iter()
+                .filter(|n| n.to_string_lossy().contains("overlay"))
+                .collect();
+            bad.is_empty()
+                .then_some(())
+                .ok_or(format!("x has {bad:?}"))?;
+            // The PAX header was read: its ordinary xattr is there.
+            let kept = xattr::get(root.join("x"), "user.kept").map_err(|e| e.to_string())?;
+            (kept.as_deref() == Some(&b"1"[..]))
+                .then_some(())
+                .ok_or("user.kept missing".into())
+        }),
+        None,
+    );
+    add(
         "devices",
         "character and block device nodes",
         Tar::default()

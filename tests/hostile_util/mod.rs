@@ -81,14 +81,23 @@ impl Tar {
     }
     /// A PAX extended header (`x`) with one `path` record, then a file entry.
     pub fn pax_file(self, path: &str, data: &[u8]) -> Tar {
-        let rec = format!("path={path}\n");
-        let mut len = rec.len() + 2;
-        while format!("{len} {rec}").len() != len {
-            len += 1;
+        self.pax(&[("path", path.as_bytes())], "pax-short-name", data)
+    }
+    /// A PAX extended header (`x`) with `records`, then the file `name`.
+    pub fn pax(self, records: &[(&str, &[u8])], name: &str, data: &[u8]) -> Tar {
+        let mut body = Vec::new();
+        for (k, v) in records {
+            let rec_len = k.len() + v.len() + 3;
+            let mut len = rec_len + 1;
+            while format!("{len}").len() + rec_len != len {
+                len += 1;
+            }
+            body.extend_from_slice(format!("{len} {k}=").as_bytes());
+            body.extend_from_slice(v);
+            body.push(b'\n');
         }
-        let body = format!("{len} {rec}");
-        self.entry(b"PaxHeaders/x", b'x', b"", body.as_bytes(), 0o644)
-            .file("pax-short-name", data)
+        self.entry(b"PaxHeaders/x", b'x', b"", &body, 0o644)
+            .file(name, data)
     }
     /// A GNU `././@LongLink` record of `kind` (`L` name, `K` link target).
     pub fn gnu_long(self, kind: u8, value: &str) -> Tar {
