@@ -234,6 +234,32 @@ pub fn corpus(s: &Sentinel) -> Vec<Case> {
         None,
     );
     add(
+        "whiteout-through-symlink",
+        "a whiteout `l/.wh.secret` under a symlink to the host (would delete the secret)",
+        Tar::default().symlink("l", &abs).file("l/.wh.secret", b""),
+        Expect::Refused("symlink"),
+        None,
+    );
+    add(
+        "opaque-through-symlink",
+        "an opaque whiteout under a symlink to the host (would mark a host dir)",
+        Tar::default()
+            .symlink("l", &abs)
+            .file("l/.wh..wh..opq", b""),
+        Expect::Refused("symlink"),
+        None,
+    );
+    add(
+        "hardlink-into-symlink-dir",
+        "a hardlink created under a symlink to the host",
+        Tar::default()
+            .file("f", b"f")
+            .symlink("o", &abs)
+            .hardlink("o/h", "f"),
+        Expect::Refused("symlink"),
+        None,
+    );
+    add(
         "devices",
         "character and block device nodes",
         Tar::default()
