@@ -262,24 +262,17 @@ fn two_concurrent_pulls_fetch_each_blob_once() {
     assert!(sum.starts_with(&f.second_sha), "{sum}");
 }
 
-#[test]
-fn a_pull_cut_by_kill9_leaves_no_image_and_the_next_pull_completes() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let mut d = Daemon::start();
-    let f = fixture(&d, "cut");
+/// Starts a pull of `repo:1`, kills the daemon (master and workers) with SIGKILL once the
+/// busybox layer is committed and the big blob is half through, and starts the daemon
+/// again. Returns the busybox layer's chain id.
+fn cut_by_kill9(d: &mut Daemon, f: &Fixture, repo: &str) -> String {
     let p = Proxy::start(&f.reg.host());
     p.hold(&f.big_blob, 3 << 20);
-    let image = format!("{}/cut:1", p.host());
-    let pull = Pull::start(&d, &image);
-    // The busybox layer is committed (its chain id is its diff id), the big one is half in.
-    let bb_chain = {
-        let tar = d.path("busybox.tar");
-        sha(&std::fs::read(tar).expect("busybox tar"))
-    };
-    let bb_dir = image_dir(&d).join("layers").join(short_hex(&bb_chain));
+    let image = format!("{}/{repo}:1", p.host());
+    let pull = Pull::start(d, &image);
+    // The busybox layer's chain id is its diff id.
+    let bb_chain = sha(&std::fs::read(d.path("busybox.tar")).expect("busybox tar"));
+    let bb_dir = image_dir(d).join("layers").join(short_hex(&bb_chain));
     until(
         "the busybox layer is committed and the big blob held",
         || bb_dir.join("layer.json").exists() && p.holding(),
@@ -295,12 +288,23 @@ fn a_pull_cut_by_kill9_leaves_no_image_and_the_next_pull_completes() {
     assert!(!ok, "the pull cannot have succeeded: {out}");
     drop(p);
     d.spawn();
-
     // No image, no reference; the half layer is not a layer.
     assert_eq!(d.ok(&["images", "-q", "--no-trunc"]), "");
     let err = d.fails(&["image", "inspect", &image]);
     assert!(err.contains("No such image"), "{err}");
-    assert_eq!(layer_dirs(&image_dir(&d)), vec![short_hex(&bb_chain)]);
+    assert_eq!(layer_dirs(&image_dir(d)), vec![short_hex(&bb_chain)]);
+    bb_chain
+}
+
+#[test]
+fn a_pull_cut_by_kill9_leaves_no_image_and_the_next_pull_completes() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut d = Daemon::start();
+    let f = fixture(&d, "cut");
+    cut_by_kill9(&mut d, &f, "cut");
 
     // The next pull completes, reusing the committed layer.
     let p = Proxy::start(&f.reg.host());
@@ -324,13 +328,27 @@ fn a_pull_cut_by_kill9_leaves_no_image_and_the_next_pull_completes() {
 }
 
 #[test]
-fn prune_removes_the_layers_a_failed_pull_left() {
+fn prune_removes_the_layers_a_pull_cut_by_kill9_left() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut d = Daemon::start();
+    let f = fixture(&d, "orphan");
+    let bb_chain = cut_by_kill9(&mut d, &f, "orphan");
+    let out = d.ok(&["image", "prune", "-f"]);
+    assert!(out.contains(&format!("deleted: {bb_chain}")), "{out}");
+    assert!(layer_dirs(&image_dir(&d)).is_empty());
+}
+
+#[test]
+fn a_failed_pull_leaves_no_layers() {
     if !is_root() {
         eprintln!("skipped: needs root");
         return;
     }
     let d = Daemon::start();
-    let f = fixture(&d, "orphan");
+    let f = fixture(&d, "failed");
     // The big blob is corrupted in the registry's storage: its digest no longer matches.
     let blob = f.reg.blob_file(&f.big_blob);
     let mut bytes = std::fs::read(&blob).expect("blob");
@@ -340,7 +358,7 @@ fn prune_removes_the_layers_a_failed_pull_left() {
     // Held until the busybox layer is committed, so the failure comes after it.
     let p = Proxy::start(&f.reg.host());
     p.hold(&f.big_blob, 1 << 20);
-    let image = format!("{}/orphan:1", p.host());
+    let image = format!("{}/failed:1", p.host());
     let pull = Pull::start(&d, &image);
     let bb_chain = sha(&std::fs::read(d.path("busybox.tar")).expect("busybox tar"));
     let bb_dir = image_dir(&d).join("layers").join(short_hex(&bb_chain));
@@ -358,10 +376,7 @@ fn prune_removes_the_layers_a_failed_pull_left() {
         )),
         "{err}"
     );
-    assert!(bb_dir.exists(), "the committed layer stays until prune");
     assert_eq!(d.ok(&["images", "-q"]), "");
-    let out = d.ok(&["image", "prune", "-f"]);
-    assert!(out.contains(&format!("deleted: {bb_chain}")), "{out}");
     assert!(
         layer_dirs(&image_dir(&d)).is_empty(),
         "{:?}",

@@ -280,6 +280,10 @@ impl State {
         let rel = comps.join(&b'/');
         if self.mode == Mode::Layer {
             if let Some(target) = name.strip_prefix(b".wh.") {
+                // `.wh..` and `.wh...` would name the directory itself or its parent.
+                if target == b"." || target == b".." {
+                    return Err(bad(&raw, "invalid whiteout name"));
+                }
                 let dir = ensure_dirs(&self.root, parents, true, &raw)?;
                 if target == b".wh..opq" {
                     xattr::set(&dir, "trusted.overlay.opaque", b"y")

@@ -18,8 +18,20 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// Largest JSON file (config, manifest, index) we read from an archive.
-const MAX_JSON: u64 = 32 * 1024 * 1024;
+/// Largest `manifest.json` of a docker-save archive (it lists every image saved).
+const MAX_JSON: u64 = 32 << 20;
+/// Largest OCI index or manifest (as `docker pull` allows).
+const MAX_MANIFEST: u64 = 4 << 20;
+/// Largest image config (as `docker pull` allows).
+const MAX_CONFIG: u64 = 8 << 20;
+
+/// The manifest and index media types an OCI layout may use.
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+];
 
 fn bad(msg: impl std::fmt::Display) -> ApiError {
     ApiError::BadRequest(msg.to_string())
@@ -72,23 +84,31 @@ fn resolve_in(root: &Path, rel: &str) -> ApiResult<PathBuf> {
     Ok(p)
 }
 
+/// Opens a regular file of the archive; a fifo is never waited on (`O_NONBLOCK`).
 fn open_in(root: &Path, rel: &str) -> ApiResult<std::fs::File> {
     let p = resolve_in(root, rel)?;
-    std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&p)
-        .map_err(|e| bad(format!("invalid archive: open {rel}: {e}")))
+        .map_err(|e| bad(format!("invalid archive: open {rel}: {e}")))?;
+    match f.metadata() {
+        Ok(m) if m.is_file() => Ok(f),
+        Ok(_) => Err(bad(format!("invalid archive: {rel} is not a regular file"))),
+        Err(e) => Err(bad(format!("invalid archive: stat {rel}: {e}"))),
+    }
 }
 
-fn read_json_in(root: &Path, rel: &str) -> ApiResult<Vec<u8>> {
+fn read_json_in(root: &Path, rel: &str, limit: u64) -> ApiResult<Vec<u8>> {
     let mut v = Vec::new();
     open_in(root, rel)?
-        .take(MAX_JSON + 1)
+        .take(limit + 1)
         .read_to_end(&mut v)
         .map_err(|e| bad(format!("invalid archive: read {rel}: {e}")))?;
-    if v.len() as u64 > MAX_JSON {
-        return Err(bad(format!("invalid archive: {rel} is too large")));
+    if v.len() as u64 > limit {
+        return Err(bad(format!(
+            "invalid archive: {rel} is too large (more than {limit} bytes)"
+        )));
     }
     Ok(v)
 }
@@ -113,6 +133,8 @@ struct Descriptor {
     media_type: String,
     digest: String,
     #[serde(default)]
+    size: Option<i64>,
+    #[serde(default)]
     annotations: HashMap<String, String>,
     #[serde(default)]
     platform: Option<Platform>,
@@ -124,6 +146,15 @@ struct Platform {
     architecture: String,
     #[serde(default)]
     os: String,
+}
+
+/// What every manifest and index blob is checked for first.
+#[derive(Deserialize)]
+struct ManifestHead {
+    #[serde(rename = "schemaVersion", default)]
+    schema_version: Option<u32>,
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
 }
 
 #[derive(Deserialize)]
@@ -170,7 +201,7 @@ impl ImageStore {
 
     fn load_docker(&self, root: &Path, progress: &mut dyn FnMut(String)) -> ApiResult<()> {
         let items: Vec<ManifestItem> =
-            serde_json::from_slice(&read_json_in(root, "manifest.json")?)
+            serde_json::from_slice(&read_json_in(root, "manifest.json", MAX_JSON)?)
                 .map_err(|e| bad(format!("invalid archive: manifest.json: {e}")))?;
         for item in items {
             let tags = item
@@ -179,7 +210,7 @@ impl ImageStore {
                 .iter()
                 .map(|t| parse_tag(t))
                 .collect::<ApiResult<Vec<_>>>()?;
-            let config = read_json_in(root, &item.config)?;
+            let config = read_json_in(root, &item.config, MAX_CONFIG)?;
             // A config named after its digest must match it.
             let named = clean(item.config.as_bytes())
                 .last()
@@ -203,8 +234,9 @@ impl ImageStore {
     }
 
     fn load_oci(&self, root: &Path, progress: &mut dyn FnMut(String)) -> ApiResult<()> {
-        let index: OciIndex = serde_json::from_slice(&read_json_in(root, "index.json")?)
-            .map_err(|e| bad(format!("invalid archive: index.json: {e}")))?;
+        let index: OciIndex =
+            serde_json::from_slice(&read_json_in(root, "index.json", MAX_MANIFEST)?)
+                .map_err(|e| bad(format!("invalid archive: index.json: {e}")))?;
         for desc in index.manifests {
             let name = desc
                 .annotations
@@ -225,8 +257,8 @@ impl ImageStore {
         Ok(())
     }
 
-    fn read_blob_in(&self, root: &Path, digest: &str) -> ApiResult<Vec<u8>> {
-        let data = read_json_in(root, &format!("blobs/sha256/{}", hex_of(digest)?))?;
+    fn read_blob_in(&self, root: &Path, digest: &str, limit: u64) -> ApiResult<Vec<u8>> {
+        let data = read_json_in(root, &format!("blobs/sha256/{}", hex_of(digest)?), limit)?;
         if digest_of(&data) != digest {
             return Err(bad(format!(
                 "invalid archive: blob {digest} does not match its digest"
@@ -239,7 +271,21 @@ impl ImageStore {
         if depth > 4 {
             return Err(bad("invalid archive: image indexes nested too deeply"));
         }
-        let data = self.read_blob_in(root, &desc.digest)?;
+        let data = self.read_blob_in(root, &desc.digest, MAX_MANIFEST)?;
+        let head: ManifestHead = serde_json::from_slice(&data)
+            .map_err(|e| bad(format!("invalid archive: manifest {}: {e}", desc.digest)))?;
+        if let Some(v) = head.schema_version.filter(|v| *v != 2) {
+            return Err(bad(format!(
+                "invalid archive: unsupported manifest schema version {v} in {}",
+                desc.digest
+            )));
+        }
+        if !head.media_type.is_empty() && !MANIFEST_TYPES.contains(&head.media_type.as_str()) {
+            return Err(bad(format!(
+                "invalid archive: unsupported manifest media type {:?} in {}",
+                head.media_type, desc.digest
+            )));
+        }
         let is_index =
             desc.media_type.contains("index") || desc.media_type.contains("manifest.list");
         if is_index {
@@ -265,12 +311,22 @@ impl ImageStore {
         }
         let m: OciManifest = serde_json::from_slice(&data)
             .map_err(|e| bad(format!("invalid archive: manifest {}: {e}", desc.digest)))?;
-        let config = self.read_blob_in(root, &m.config.digest)?;
-        let paths = m
-            .layers
-            .iter()
-            .map(|l| Ok(format!("blobs/sha256/{}", hex_of(&l.digest)?)))
-            .collect::<ApiResult<Vec<_>>>()?;
+        let config = self.read_blob_in(root, &m.config.digest, MAX_CONFIG)?;
+        let mut paths = Vec::new();
+        for l in &m.layers {
+            let p = format!("blobs/sha256/{}", hex_of(&l.digest)?);
+            let len = open_in(root, &p)?
+                .metadata()
+                .map_err(|e| bad(format!("invalid archive: stat {p}: {e}")))?
+                .len();
+            if let Some(size) = l.size.filter(|s| *s != len as i64) {
+                return Err(bad(format!(
+                    "invalid archive: layer {} is {len} bytes, its descriptor says {size}",
+                    l.digest
+                )));
+            }
+            paths.push(p);
+        }
         self.load_image(root, &config, &paths)
     }
 
@@ -286,6 +342,24 @@ impl ImageStore {
                 layer_paths.len()
             )));
         }
+        let mut fresh = Vec::new();
+        let res = self.load_layers(root, config, diff_ids, layer_paths, &mut fresh);
+        if res.is_err() {
+            // Layers this load registered before failing belong to no image.
+            self.drop_unreferenced_layers(&fresh);
+        }
+        res
+    }
+
+    /// [`Self::load_image`]'s layers and record; `fresh` collects the layers it registered.
+    fn load_layers(
+        &self,
+        root: &Path,
+        config: &[u8],
+        diff_ids: &[String],
+        layer_paths: &[String],
+        fresh: &mut Vec<String>,
+    ) -> ApiResult<String> {
         let mut parent: Option<String> = None;
         let mut chains = Vec::new();
         for (diff, path) in diff_ids.iter().zip(layer_paths) {
@@ -295,6 +369,7 @@ impl ImageStore {
                 let mut f = open_in(root, path)?;
                 self.layers
                     .register(&mut f, parent.as_deref(), Some(diff))?;
+                fresh.push(chain.clone());
             }
             chains.push(chain.clone());
             parent = Some(chain);

@@ -194,6 +194,34 @@ impl ImageStore {
         Ok(freed)
     }
 
+    /// Removes those of `chains` (layers a failed load or pull registered) that no image
+    /// nor retained image uses and no running pull needs, so a failure leaves no layer
+    /// behind. A concurrent load that wanted one of them fails in `commit_image` with a
+    /// "retry" error, never with a half image. Errors are logged: this runs on an error
+    /// path already.
+    pub(crate) fn drop_unreferenced_layers(&self, chains: &[String]) {
+        if chains.is_empty() {
+            return;
+        }
+        let _g = self.guard();
+        let used = match self.used_layers() {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "left layers of a failed load: cannot list images");
+                return;
+            }
+        };
+        for c in chains
+            .iter()
+            .rev()
+            .filter(|c| !used.contains(*c) && !self.inflight.busy(c))
+        {
+            if let Err(e) = self.layers.remove(c) {
+                tracing::warn!(layer = %c, error = %e, "layer of a failed load not removed");
+            }
+        }
+    }
+
     /// The chains of every image, retained ones included.
     fn used_layers(&self) -> ApiResult<HashSet<String>> {
         let mut still: HashSet<String> = self

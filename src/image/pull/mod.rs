@@ -166,7 +166,18 @@ impl Plan {
             .map_err(|e| self.step_err(e, false))?;
         let mut out = Vec::new();
         while let Some(chunk) = s.next().await {
-            let chunk = chunk.map_err(|e| ApiError::internal(&format!("read blob {digest}"), e))?;
+            let chunk = chunk.map_err(|e| {
+                // oci-client checks the digest at the end of the stream; its message names
+                // the wrong digest, so say it as we do below.
+                let digest_err = e
+                    .get_ref()
+                    .is_some_and(|x| x.is::<oci_client::errors::DigestError>());
+                if digest_err {
+                    ApiError::Internal(format!("blob verification failed for digest {digest}"))
+                } else {
+                    ApiError::internal(&format!("read blob {digest}"), e)
+                }
+            })?;
             out.extend_from_slice(&chunk);
             if out.len() as u64 > limit {
                 return Err(ApiError::Internal(format!(
@@ -181,6 +192,17 @@ impl Plan {
         }
         Ok(out)
     }
+}
+
+/// A `mediaType` the manifest names must be one we asked for (dockerd's wording).
+fn check_media_type(m: &Manifest) -> ApiResult<()> {
+    if m.media_type.is_empty() || ACCEPT.contains(&m.media_type.as_str()) {
+        return Ok(());
+    }
+    Err(ApiError::Internal(format!(
+        "unsupported manifest media type and no default available: {}",
+        m.media_type
+    )))
 }
 
 /// Resolves `reference` at its registry: credentials, manifest (an index is narrowed to
@@ -356,6 +378,7 @@ async fn resolve(
     let (body, digest) = plan.manifest(&oref, &auth).await?;
     plan.digest = digest;
     let mut m: Manifest = serde_json::from_slice(&body).map_err(|e| bad_manifest("manifest", e))?;
+    check_media_type(&m)?;
     let is_index = m.manifests.is_some()
         || m.media_type.contains("manifest.list")
         || m.media_type.contains("image.index");
@@ -387,6 +410,7 @@ async fn resolve(
         );
         let (body, _) = plan.manifest(&child, &auth).await?;
         m = serde_json::from_slice(&body).map_err(|e| bad_manifest("manifest", e))?;
+        check_media_type(&m)?;
         if m.manifests.is_some() {
             return Err(bad_manifest("manifest", "an index inside an index"));
         }
@@ -444,7 +468,7 @@ impl Drop for Follows {
 /// Streams the pull of a prepared image into `tx` and records it.
 pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> ApiResult<()> {
     let shown = plan.shown();
-    let up_to_date = run_one(images, plan, &tx).await?;
+    let up_to_date = run_clean(images, plan, &tx).await?;
     say(&tx, json!({ "status": final_status(up_to_date, &shown) })).await;
     Ok(())
 }
@@ -476,7 +500,7 @@ pub async fn run_all_tags(
             digest: None,
         };
         let plan = prepare(r, auth.clone(), &insecure, &mirrors).await?;
-        all_up_to_date &= run_one(images.clone(), plan, &tx).await?;
+        all_up_to_date &= run_clean(images.clone(), plan, &tx).await?;
     }
     say(
         &tx,
@@ -486,9 +510,25 @@ pub async fn run_all_tags(
     Ok(())
 }
 
+/// [`run_one`], then, if it failed, removal of the layers it had committed that no image
+/// uses and no other running pull needs: a failed pull leaves nothing behind.
+async fn run_clean(images: Arc<ImageStore>, plan: Plan, tx: &Sender<Vec<u8>>) -> ApiResult<bool> {
+    let mut fresh = Vec::new();
+    let res = run_one(images.clone(), plan, tx, &mut fresh).await;
+    if res.is_err() && !fresh.is_empty() {
+        let _ = tokio::task::spawn_blocking(move || images.drop_unreferenced_layers(&fresh)).await;
+    }
+    res
+}
+
 /// One image: layers, record, references, the `Digest:` line. Returns whether the image
-/// and its references were all there already.
-async fn run_one(images: Arc<ImageStore>, plan: Plan, tx: &Sender<Vec<u8>>) -> ApiResult<bool> {
+/// and its references were all there already. `fresh` gets the chains that were missing.
+async fn run_one(
+    images: Arc<ImageStore>,
+    plan: Plan,
+    tx: &Sender<Vec<u8>>,
+    fresh: &mut Vec<String>,
+) -> ApiResult<bool> {
     let path = plan
         .reference
         .name
@@ -519,6 +559,13 @@ async fn run_one(images: Arc<ImageStore>, plan: Plan, tx: &Sender<Vec<u8>>) -> A
     for c in &chains {
         present.push(images.layers.get(c)?.is_some());
     }
+    fresh.extend(
+        chains
+            .iter()
+            .zip(&present)
+            .filter(|(_, have)| !**have)
+            .map(|(c, _)| c.clone()),
+    );
     // An image already here: dockerd names no layers, only the digest and the status.
     let known = images
         .images

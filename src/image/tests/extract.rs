@@ -342,3 +342,19 @@ fn cp_mode_keeps_wh_names_modes_and_dir_kinds() -> anyhow::Result<()> {
     s.assert_untouched();
     Ok(())
 }
+
+#[test]
+fn whiteouts_naming_the_directory_or_its_parent_are_refused() {
+    for name in [".wh...", "d/.wh..", "d/.wh..."] {
+        let sb = Sandbox::new();
+        let t = raw_tar(&[E::Dir("d/"), E::File("d/keep", b"k"), E::File(name, b"")]);
+        let err = sb.run(&t).expect_err(name);
+        assert_eq!(err.status(), 400, "{name}: {err}");
+        assert!(
+            err.to_string().contains("invalid whiteout"),
+            "{name}: {err}"
+        );
+        assert_eq!(std::fs::read(sb.dest.join("d/keep")).expect("keep"), b"k");
+        sb.assert_untouched();
+    }
+}
