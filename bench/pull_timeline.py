@@ -36,7 +36,6 @@ def main():
     conn.request("POST", f"/v1.41/images/create?{q}", headers={"Content-Length": "0"})
     r = conn.getresponse()
     first = {}
-    last = {}
     order = []
     while True:
         line = r.readline()
@@ -56,12 +55,11 @@ def main():
             order.append(lid)
         first.setdefault((lid, status), ms)
         first.setdefault(lid, ms)
-        last[(lid, status)] = ms
     total = (time.monotonic() - t0) * 1000
     print(f"{'layer':14} {'dl start':>9} {'dl done':>9} {'extract':>9} {'complete':>9}  (ms from request)")
     for lid in order:
-        def at(s, which=first):
-            v = which.get((lid, s))
+        def at(s):
+            v = first.get((lid, s))
             return f"{v:9.0f}" if v is not None else f"{'-':>9}"
         print(f"{lid:14} {at('Downloading')} {at('Download complete')} {at('Extracting')} {at('Pull complete')}")
     print(f"total {total:.0f} ms")
