@@ -36,7 +36,7 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: deps ## berthd against dockerd, side by side (installs docker.io); BENCH=startup|upgrade|egress|net|memory for one part
+bench: deps ## berthd against dockerd, side by side (installs docker.io); BENCH=startup|upgrade|egress|net|memory|images for one part
 	$(CARGO) build --release --workspace
 	bash bench/run.sh
 

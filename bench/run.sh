@@ -9,8 +9,9 @@
 # upgrades under load against dockerd --live-restore), BENCH=egress only bench/egress.sh
 # (issue 4: egress shaping accuracy at 10/50/200 Mbit/s), BENCH=net only bench/net.sh (issue
 # 4: bridge throughput, network create/rm/connect times), BENCH=memory only bench/memory.sh
-# (issue 5: the elastic-memory controller's CPU cost and reaction time); the default runs
-# all, one after the other.
+# (issue 5: the elastic-memory controller's CPU cost and reaction time), BENCH=images only
+# bench/images.sh (pull, save/load and push against dockerd on one local registry, and
+# save/load interop both ways); the default runs all, one after the other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -20,8 +21,9 @@ case $BENCH in
   egress) exec bash bench/egress.sh ;;
   net) exec bash bench/net.sh ;;
   memory) exec bash bench/memory.sh ;;
+  images) exec bash bench/images.sh ;;
   all|startup) ;;
-  *) echo "BENCH=$BENCH: expected all, startup, upgrade, egress, net or memory" >&2; exit 2 ;;
+  *) echo "BENCH=$BENCH: expected all, startup, upgrade, egress, net, memory or images" >&2; exit 2 ;;
 esac
 N=${N:-15}
 PAR=${PAR:-20}
@@ -126,5 +128,6 @@ if [ "$BENCH" = all ]; then
   bash bench/egress.sh || fail=1
   bash bench/net.sh || fail=1
   bash bench/memory.sh || fail=1
+  bash bench/images.sh || fail=1
 fi
 exit $fail
