@@ -1,7 +1,9 @@
 //! `docker commit` (`POST /commit`), container side: the container's overlay upper dir
 //! is written as a layer tar the way dockerd's overlay2 driver exports it (a 0:0
 //! character device becomes a `.wh.<name>` entry, an opaque directory gets a
-//! `.wh..wh..opq` entry), paused meanwhile when asked, and handed to the image store.
+//! `.wh..wh..opq` entry, a file's further names are hardlink entries and its
+//! `security.capability` goes in a PAX header), paused meanwhile when asked, and handed to
+//! the image store.
 
 use super::changes::{changes, DELETED};
 use super::record::Status;
@@ -11,6 +13,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::image::changes::apply_changes;
 use crate::image::commit::{merge_config, CommitInfo};
 use crate::image::config::ContainerConfig;
+use std::collections::HashMap;
 use std::io::{Seek, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -33,6 +36,9 @@ pub struct CommitOptions {
     pub config: Option<ContainerConfig>,
 }
 
+/// The file-capabilities attribute (`setcap`).
+const CAPABILITY: &str = "security.capability";
+
 fn tar_err(e: std::io::Error) -> ApiError {
     ApiError::internal("write commit layer", e)
 }
@@ -41,6 +47,7 @@ fn tar_err(e: std::io::Error) -> ApiError {
 pub fn write_layer(out: &mut dyn Write, upper: &Path, lowers: &[PathBuf]) -> ApiResult<()> {
     let mut tb = tar::Builder::new(out);
     tb.follow_symlinks(false);
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     for c in changes(upper, lowers)? {
         let rel = c.path.trim_start_matches('/');
         let src = upper.join(rel);
@@ -63,6 +70,25 @@ pub fn write_layer(out: &mut dyn Write, upper: &Path, lowers: &[PathBuf]) -> Api
             tb.append_data(&mut h, p.with_file_name(wh), std::io::empty())
                 .map_err(tar_err)?;
             continue;
+        }
+        // A second name of a file already written is a hardlink entry, as in dockerd's
+        // layers (the content is not repeated, and the link survives the round trip).
+        if md.is_file() && md.nlink() > 1 {
+            if let Some(first) = links.get(&(md.dev(), md.ino())) {
+                let mut h = tar::Header::new_gnu();
+                h.set_metadata(&md);
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_size(0);
+                tb.append_link(&mut h, rel, first).map_err(tar_err)?;
+                continue;
+            }
+            links.insert((md.dev(), md.ino()), PathBuf::from(rel));
+        }
+        // dockerd carries one extended attribute into layers: file capabilities.
+        if let Ok(Some(cap)) = xattr::get(&src, CAPABILITY) {
+            let key = format!("SCHILY.xattr.{CAPABILITY}");
+            tb.append_pax_extensions([(key.as_str(), cap.as_slice())])
+                .map_err(tar_err)?;
         }
         tb.append_path_with_name(&src, rel).map_err(tar_err)?;
         let opaque = md.is_dir()
