@@ -8,7 +8,9 @@
 //! layer store `docker load` uses ([`super::layers::Layers::register`], which checks the
 //! diff id). The image then gets its tag and its `name@digest` reference (`RepoDigests`).
 //!
-//! Not here yet: `--registry-mirror`, push, `pull -a`, unpacking while a layer is still
+//! Each layer's blob is remembered for push ([`super::push::meta`]).
+//!
+//! Not here yet: `--registry-mirror`, `pull -a`, unpacking while a layer is still
 //! downloading, sharing a blob between two concurrent pulls of it, the HTTPS-then-HTTP
 //! fallback dockerd uses for insecure registries (they are plain HTTP right away).
 
@@ -51,6 +53,8 @@ struct Desc {
     digest: String,
     #[serde(default)]
     size: i64,
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
     #[serde(default)]
     platform: Option<Platform>,
 }
@@ -394,8 +398,14 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
         digest: Some(plan.digest.clone()),
     };
     let shown = plan.shown();
+    let (remember, diff_ids) = (plan.layers.clone(), plan.diff_ids.clone());
+    let repo = plan.reference.name.clone();
     let up_to_date = tokio::task::spawn_blocking(move || -> ApiResult<bool> {
         let (id, new) = store.commit_image(&config, &chains)?;
+        for (l, diff) in remember.iter().zip(&diff_ids) {
+            let size = u64::try_from(l.size).unwrap_or(0);
+            store.remember_blob(diff, &l.digest, size, &repo, &l.media_type)?;
+        }
         let mut same = !new;
         for r in tag_ref.iter().chain(std::iter::once(&digest_ref)) {
             let before = store.refs.get::<String>(&r.key())?;

@@ -143,7 +143,7 @@ pub fn client(registry: &str, insecure: &Insecure) -> Client {
 }
 
 /// `manifest unknown: manifest unknown` (the code as text, then the message), per error.
-fn envelope_text(envelope: &OciEnvelope) -> String {
+pub fn envelope_text(envelope: &OciEnvelope) -> String {
     envelope
         .errors
         .iter()

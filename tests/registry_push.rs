@@ -1,0 +1,241 @@
+//! `docker push` against Debian's `docker-registry` (Distribution v2) through the real
+//! docker CLI: a multi-layer image pushed, pushed again (nothing uploaded), mounted into
+//! another repository by a second daemon that only pulled it, pulled back to the same image
+//! id; htpasswd credentials; unknown names. The registry's access log counts the uploads.
+
+mod common;
+#[allow(dead_code)]
+mod registry_util;
+
+use common::{is_root, Daemon};
+use registry_util::Registry;
+use serde_json::Value;
+
+/// Upload sessions the registry opened for `repo` (mount requests not counted).
+fn uploads(reg: &Registry, repo: &str) -> usize {
+    let needle = format!("\"POST /v2/{repo}/blobs/uploads/");
+    reg.log()
+        .lines()
+        .filter(|l| l.contains(&needle) && !l.contains("mount="))
+        .count()
+}
+
+/// Mount requests the registry got for `repo`.
+fn mounts(reg: &Registry, repo: &str) -> usize {
+    let needle = format!("\"POST /v2/{repo}/blobs/uploads/?");
+    reg.log()
+        .lines()
+        .filter(|l| l.contains(&needle) && l.contains("mount="))
+        .count()
+}
+
+fn count(out: &str, status: &str) -> usize {
+    out.lines()
+        .filter(|l| l.split_once(": ").is_some_and(|(_, s)| s == status))
+        .count()
+}
+
+/// The digest and size of the `<tag>: digest: … size: …` line.
+fn digest_line(out: &str, tag: &str) -> (String, usize) {
+    let prefix = format!("{tag}: digest: ");
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no digest line for {tag}: {out}"));
+    let (d, size) = line.split_once(" size: ").expect("size");
+    (d.to_string(), size.parse().expect("size number"))
+}
+
+fn inspect(d: &Daemon, image: &str) -> Value {
+    let out = d.ok(&["image", "inspect", image]);
+    let v: Value = serde_json::from_str(&out).expect("inspect json");
+    v[0].clone()
+}
+
+/// A three-layer image: busybox, then two committed container changes.
+fn three_layers(d: &Daemon, name: &str) {
+    d.import_busybox("pushbase:1");
+    d.ok(&[
+        "run",
+        "--name",
+        "pl1",
+        "pushbase:1",
+        "sh",
+        "-c",
+        "echo one > /one",
+    ]);
+    d.ok(&["commit", "pl1", "pushmid:1"]);
+    d.ok(&[
+        "run",
+        "--name",
+        "pl2",
+        "pushmid:1",
+        "sh",
+        "-c",
+        "echo two > /two",
+    ]);
+    d.ok(&["commit", "pl2", name]);
+    d.ok(&["rm", "pl1", "pl2"]);
+}
+
+#[test]
+fn push_repush_mount_and_pull_back() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let reg = Registry::start(None);
+    let host = reg.host();
+    let d = Daemon::start();
+    let image = format!("{host}/test/img:v1");
+    three_layers(&d, &image);
+    let id = inspect(&d, &image)["Id"].as_str().expect("id").to_string();
+
+    let out = d.ok(&["push", &image]);
+    assert!(
+        out.starts_with(&format!("The push refers to repository [{host}/test/img]")),
+        "{out}"
+    );
+    assert_eq!(count(&out, "Preparing"), 3, "{out}");
+    assert_eq!(count(&out, "Waiting"), 0, "five uploads at a time: {out}");
+    assert_eq!(count(&out, "Pushed"), 3, "{out}");
+    let (digest, size) = digest_line(&out, "v1");
+    assert!(size > 400, "{out}");
+    // Three layers and the config.
+    assert_eq!(uploads(&reg, "test/img"), 4, "{}", reg.log());
+    let repo_digests = inspect(&d, &image)["RepoDigests"].clone();
+    assert_eq!(
+        repo_digests,
+        serde_json::json!([format!("{host}/test/img@{digest}")])
+    );
+    let events = d.ok(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        &until(),
+        "--filter",
+        "event=push",
+        "--format",
+        "{{.Type}} {{.Action}} {{.Actor.ID}} {{.Actor.Attributes.name}}",
+    ]);
+    assert_eq!(events, format!("image push {image} {host}/test/img"));
+
+    // Again, and under a second tag: nothing is uploaded, same manifest.
+    let out = d.ok(&["push", &image]);
+    assert_eq!(count(&out, "Layer already exists"), 3, "{out}");
+    assert_eq!(count(&out, "Pushed"), 0, "{out}");
+    assert_eq!(digest_line(&out, "v1"), (digest.clone(), size));
+    d.ok(&["tag", &image, &format!("{host}/test/img:v2")]);
+    let out = d.ok(&["push", &format!("{host}/test/img:v2")]);
+    assert_eq!(count(&out, "Layer already exists"), 3, "{out}");
+    assert_eq!(digest_line(&out, "v2").0, digest);
+    // All tags of the repository.
+    let out = d.ok(&["push", "--all-tags", &format!("{host}/test/img")]);
+    assert_eq!(digest_line(&out, "v1").0, digest, "{out}");
+    assert_eq!(digest_line(&out, "v2").0, digest, "{out}");
+    assert_eq!(uploads(&reg, "test/img"), 4, "{}", reg.log());
+
+    // A second daemon pulls it (same image id, it runs) and pushes it to another
+    // repository: the layers are mounted, only the config is uploaded.
+    let d2 = Daemon::start();
+    let out = d2.ok(&["pull", &image]);
+    assert!(out.contains(&format!("Digest: {digest}")), "{out}");
+    assert_eq!(inspect(&d2, &image)["Id"], id.as_str());
+    assert_eq!(
+        d2.ok(&["run", "--rm", &image, "cat", "/one", "/two"]),
+        "one\ntwo"
+    );
+    let other = format!("{host}/other/img:1");
+    d2.ok(&["tag", &image, &other]);
+    let out = d2.ok(&["push", &other]);
+    assert_eq!(count(&out, "Mounted from test/img"), 3, "{out}");
+    assert_eq!(digest_line(&out, "1").0, digest, "same manifest: {out}");
+    assert_eq!(mounts(&reg, "other/img"), 3, "{}", reg.log());
+    assert_eq!(uploads(&reg, "other/img"), 1, "{}", reg.log());
+
+    // Removed and pulled back on the first daemon: the same image.
+    d.ok(&["rmi", "-f", &id]);
+    assert!(d.docker(&["image", "inspect", &image]).status.code() != Some(0));
+    d.ok(&["pull", &image]);
+    assert_eq!(inspect(&d, &image)["Id"], id.as_str());
+    assert_eq!(d.ok(&["run", "--rm", &image, "cat", "/two"]), "two");
+}
+
+fn until() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    (now + 1).to_string()
+}
+
+#[test]
+fn push_with_basic_auth_and_unknown_names() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let reg = Registry::start(Some(("gamer", "s3cret")));
+    let host = reg.host();
+    let d = Daemon::start();
+    let image = format!("{host}/priv/bb:1");
+    d.import_busybox(&image);
+
+    let out = d.docker(&["push", &image]);
+    assert!(!out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains(&format!("The push refers to repository [{host}/priv/bb]")),
+        "{stdout}"
+    );
+    assert_eq!(stderr.trim(), "no basic auth credentials", "{stderr}");
+
+    d.ok(&["login", "-u", "gamer", "-p", "s3cret", &host]);
+    let out = d.ok(&["push", &image]);
+    assert_eq!(count(&out, "Pushed"), 1, "{out}");
+    digest_line(&out, "1");
+
+    // Credentials gone bad: the registry's own refusal.
+    let dir = d.path("dc");
+    let bad = base64_pair("gamer", "nope");
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::json!({"auths": {host.as_str(): {"auth": bad}}}).to_string(),
+    )
+    .expect("config.json");
+    d.ok(&["tag", &image, &format!("{host}/priv/bb2:1")]);
+    let err = d.fails(&["push", &format!("{host}/priv/bb2:1")]);
+    assert!(
+        err.contains("unauthorized: authentication required"),
+        "{err}"
+    );
+
+    // Unknown names: dockerd's errors, after the first line.
+    let out = d.docker(&["push", &format!("{host}/nope/img:v1")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("The push refers to repository [{host}/nope/img]")),
+        "{out:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!("An image does not exist locally with the tag: {host}/nope/img")
+    );
+    let err = d.fails(&["push", &format!("{host}/priv/bb:2")]);
+    assert_eq!(err.trim(), format!("tag does not exist: {host}/priv/bb:2"));
+    let err = d.fails(&["push", "nosuchimage"]);
+    assert_eq!(
+        err.trim(),
+        "An image does not exist locally with the tag: nosuchimage"
+    );
+}
+
+fn base64_pair(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+}
