@@ -239,3 +239,82 @@ fn base64_pair(user: &str, pass: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
 }
+
+/// The raw JSON messages of `POST /images/{name}/push?tag=`.
+fn raw_push(d: &Daemon, name: &str, tag: &str) -> Vec<Value> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(&d.sock)
+        .args(["-X", "POST", "-H", "X-Registry-Auth: e30="])
+        .arg(format!("http://berth/v1.41/images/{name}/push?tag={tag}"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn seven_layers_wait_for_five_slots_and_stream_progress() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let reg = Registry::start(None);
+    let host = reg.host();
+    let d = Daemon::start();
+    d.import_busybox("many:0");
+    for i in 1..7 {
+        let c = format!("many{i}");
+        let script = format!("echo {i} > /f{i}");
+        d.ok(&[
+            "run",
+            "--name",
+            &c,
+            &format!("many:{}", i - 1),
+            "sh",
+            "-c",
+            &script,
+        ]);
+        d.ok(&["commit", &c, &format!("many:{i}")]);
+        d.ok(&["rm", &c]);
+    }
+    d.ok(&["tag", "many:6", &format!("{host}/many/img:1")]);
+    let msgs = raw_push(&d, &format!("{host}/many/img"), "1");
+    let status = |s: &str| msgs.iter().filter(|m| m["status"] == s).count();
+    assert_eq!(
+        msgs[0]["status"],
+        format!("The push refers to repository [{host}/many/img]")
+    );
+    assert_eq!(status("Preparing"), 7, "{msgs:?}");
+    assert_eq!(status("Waiting"), 2, "{msgs:?}");
+    assert_eq!(status("Pushed"), 7, "{msgs:?}");
+    // The busybox layer's progress, in bytes of its tar, up to the whole of it.
+    let pushing: Vec<&Value> = msgs.iter().filter(|m| m["status"] == "Pushing").collect();
+    let last = pushing
+        .iter()
+        .filter(|m| m["progressDetail"]["total"].as_u64() > Some(1 << 20))
+        .last()
+        .unwrap_or_else(|| panic!("no progress for the big layer: {msgs:?}"));
+    assert_eq!(
+        last["progressDetail"]["current"],
+        last["progressDetail"]["total"]
+    );
+    assert!(last["id"].as_str().is_some_and(|id| id.len() == 12));
+    let aux = &msgs.last().expect("messages")["aux"];
+    assert_eq!(aux["Tag"], "1");
+    let digest = aux["Digest"].as_str().expect("digest");
+    let size = aux["Size"].as_u64().expect("size");
+    assert!(
+        msgs.iter()
+            .any(|m| m["status"] == format!("1: digest: {digest} size: {size}")),
+        "{msgs:?}"
+    );
+    // The registry stored exactly that manifest (manifests are blobs in its storage).
+    let body = std::fs::read(reg.blob_file(digest)).expect("manifest blob");
+    assert_eq!(body.len() as u64, size);
+    let m: Value = serde_json::from_slice(&body).expect("manifest");
+    assert_eq!(m["layers"].as_array().map(|l| l.len()), Some(7));
+}

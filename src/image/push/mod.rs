@@ -238,9 +238,10 @@ async fn push_tag(ctx: &Arc<Ctx>, tag: &str, id: &str) -> ApiResult<()> {
     for l in layers.iter().rev() {
         if !order.contains(&l.diff_id) {
             order.push(l.diff_id.clone());
+            let slot = ctx.slots.clone().try_acquire_owned().ok();
             tasks
                 .0
-                .push(tokio::spawn(upload::upload(ctx.clone(), l.clone())));
+                .push(tokio::spawn(upload::upload(ctx.clone(), l.clone(), slot)));
         }
     }
     let mut blobs: HashMap<String, Blob> = HashMap::new();
@@ -356,6 +357,36 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventBus;
+    use crate::store::Store;
+
+    #[test]
+    fn a_layer_without_tar_split_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("store")).expect("store");
+        let images = ImageStore::open(&dir.path().join("image"), &store, Arc::new(EventBus::new()))
+            .expect("open");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "f", &b"abc"[..]).expect("entry");
+        let tar = b.into_inner().expect("tar");
+        let id = images
+            .import(&mut &tar[..], Some("x:1"), &[], "")
+            .expect("import");
+        let (config, layers) = images.push_layers(&id).expect("layers");
+        assert_eq!(super::super::blobs::digest_of(&config), id);
+        assert_eq!(layers.len(), 1);
+        let chain = layers[0].chain_id.clone();
+        let file = images.layers.path(&chain).expect("path").join("layer.json");
+        let mut m = layers[0].clone();
+        m.tar_split = false;
+        std::fs::write(&file, serde_json::to_vec(&m).expect("json")).expect("write");
+        let e = images.push_layers(&id).expect_err("refused").to_string();
+        assert!(e.contains(&chain) && e.contains("cannot be pushed"), "{e}");
+    }
 
     #[test]
     fn manifest_is_docker_schema2_with_three_space_indent() {

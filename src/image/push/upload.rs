@@ -18,7 +18,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::Sender;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Layers uploaded at once (dockerd's default `--max-concurrent-uploads`).
 pub const MAX_UPLOADS: usize = 5;
@@ -90,11 +90,17 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Pushes one layer (or finds it already there); returns the blob the manifest names.
-pub async fn upload(ctx: Arc<Ctx>, layer: LayerMeta) -> ApiResult<Blob> {
+/// `slot` is the upload slot taken when the task was queued, if one was free (queued in
+/// order, so the first layers get the first slots); without one the layer is `Waiting`.
+pub async fn upload(
+    ctx: Arc<Ctx>,
+    layer: LayerMeta,
+    slot: Option<OwnedSemaphorePermit>,
+) -> ApiResult<Blob> {
     let id = short(&layer.diff_id);
-    let _slot = match ctx.slots.clone().try_acquire_owned() {
-        Ok(s) => s,
-        Err(_) => {
+    let _slot = match slot {
+        Some(s) => s,
+        None => {
             say(
                 &ctx.tx,
                 json!({"status": "Waiting", "progressDetail": {}, "id": id}),
