@@ -295,8 +295,7 @@ fn seven_layers_wait_for_five_slots_and_stream_progress() {
     let pushing: Vec<&Value> = msgs.iter().filter(|m| m["status"] == "Pushing").collect();
     let last = pushing
         .iter()
-        .filter(|m| m["progressDetail"]["total"].as_u64() > Some(1 << 20))
-        .last()
+        .rfind(|m| m["progressDetail"]["total"].as_u64() > Some(1 << 20))
         .unwrap_or_else(|| panic!("no progress for the big layer: {msgs:?}"));
     assert_eq!(
         last["progressDetail"]["current"],
