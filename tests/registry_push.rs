@@ -228,6 +228,13 @@ fn push_with_basic_auth_and_unknown_names() {
     );
     let err = d.fails(&["push", &format!("{host}/priv/bb:2")]);
     assert_eq!(err.trim(), format!("tag does not exist: {host}/priv/bb:2"));
+    // No registry there: the connection error, worded as Go's net package.
+    d.ok(&["tag", &image, "127.0.0.1:1/x/y:1"]);
+    let err = d.fails(&["push", "127.0.0.1:1/x/y:1"]);
+    assert_eq!(
+        err.trim(),
+        "Get \"http://127.0.0.1:1/v2/\": dial tcp 127.0.0.1:1: connect: connection refused"
+    );
     let err = d.fails(&["push", "nosuchimage"]);
     assert_eq!(
         err.trim(),

@@ -404,7 +404,9 @@ pub async fn run(images: Arc<ImageStore>, plan: Plan, tx: Sender<Vec<u8>>) -> Ap
         let (id, new) = store.commit_image(&config, &chains)?;
         for (l, diff) in remember.iter().zip(&diff_ids) {
             let size = u64::try_from(l.size).unwrap_or(0);
-            store.remember_blob(diff, &l.digest, size, &repo, &l.media_type)?;
+            if let Err(e) = store.remember_blob(diff, &l.digest, size, &repo, &l.media_type) {
+                tracing::warn!(error = %e, layer = %l.digest, "could not remember the layer's blob");
+            }
         }
         let mut same = !new;
         for r in tag_ref.iter().chain(std::iter::once(&digest_ref)) {

@@ -180,8 +180,8 @@ pub async fn run(
         .split_once('/')
         .ok_or_else(|| ApiError::BadRequest(format!("invalid reference {}", reference.name)))?;
     let anonymous = matches!(auth, RegistryAuth::Anonymous);
-    let client = Arc::new(registry::client(domain, &insecure));
     let repo = oci_client::Reference::with_tag(domain.into(), path.into(), "latest".into());
+    let client = Arc::new(registry::client(repo.resolve_registry(), &insecure));
     for op in [RegistryOperation::Push, RegistryOperation::Pull] {
         client
             .auth(&repo, &auth, op)
