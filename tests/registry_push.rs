@@ -8,7 +8,7 @@ mod common;
 mod registry_util;
 
 use common::{is_root, Daemon};
-use registry_util::Registry;
+use registry_util::{Registry, TokenService};
 use serde_json::Value;
 
 /// Upload sessions the registry opened for `repo` (mount requests not counted).
@@ -323,4 +323,36 @@ fn seven_layers_wait_for_five_slots_and_stream_progress() {
     assert_eq!(body.len() as u64, size);
     let m: Value = serde_json::from_slice(&body).expect("manifest");
     assert_eq!(m["layers"].as_array().map(|l| l.len()), Some(7));
+}
+
+#[test]
+fn push_with_bearer_token_auth() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tokens = TokenService::start("gamer", "t0ken");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let upload = format!("Bearer {}", tokens.jwt("tok/bb", &["pull", "push"]));
+    let reg = Registry::start_cfg("127.0.0.1", None, Some((tokens.section(), upload, tmp)));
+    let host = reg.host();
+    let d = Daemon::start();
+    let image = format!("{host}/tok/bb:1");
+    d.import_busybox(&image);
+
+    let out = d.docker(&["push", &image]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(": Preparing"), "{stdout}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "unauthorized: incorrect username or password"
+    );
+    d.ok(&["login", "-u", "gamer", "-p", "t0ken", &host]);
+    let out = d.ok(&["push", &image]);
+    assert_eq!(count(&out, "Pushed"), 1, "{out}");
+    let (digest, _) = digest_line(&out, "1");
+    let out = d.ok(&["push", &image]);
+    assert_eq!(count(&out, "Layer already exists"), 1, "{out}");
+    assert_eq!(digest_line(&out, "1").0, digest);
 }

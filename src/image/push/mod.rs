@@ -182,11 +182,17 @@ pub async fn run(
     let anonymous = matches!(auth, RegistryAuth::Anonymous);
     let repo = oci_client::Reference::with_tag(domain.into(), path.into(), "latest".into());
     let client = Arc::new(registry::client(repo.resolve_registry(), &insecure));
+    // As with dockerd, an unreachable registry fails before the layers are listed, a token
+    // service refusing the credentials only when the first layer asks for a token.
+    let mut refused = None;
     for op in [RegistryOperation::Push, RegistryOperation::Pull] {
-        client
-            .auth(&repo, &auth, op)
-            .await
-            .map_err(|e| registry_error(e, "Get", None, anonymous))?;
+        match client.auth(&repo, &auth, op).await {
+            Ok(_) => {}
+            Err(e @ OciDistributionError::AuthenticationFailure(_)) => {
+                refused.get_or_insert(registry_error(e, "Get", None, anonymous));
+            }
+            Err(e) => return Err(registry_error(e, "Get", None, anonymous)),
+        }
     }
     let ctx = Arc::new(Ctx {
         client,
@@ -199,7 +205,7 @@ pub async fn run(
         done: Mutex::new(HashMap::new()),
     });
     for (tag, id) in &tags {
-        push_tag(&ctx, tag, id).await?;
+        push_tag(&ctx, tag, id, refused.take()).await?;
     }
     let shown = reference.familiar();
     let store = images.clone();
@@ -219,7 +225,9 @@ impl Drop for Tasks {
     }
 }
 
-async fn push_tag(ctx: &Arc<Ctx>, tag: &str, id: &str) -> ApiResult<()> {
+/// Pushes one tag; `refused` is the token service's refusal, reported once the layers are
+/// listed.
+async fn push_tag(ctx: &Arc<Ctx>, tag: &str, id: &str, refused: Option<ApiError>) -> ApiResult<()> {
     let store = ctx.images.clone();
     let image = id.to_string();
     let (config, layers) = tokio::task::spawn_blocking(move || store.push_layers(&image))
@@ -231,6 +239,9 @@ async fn push_tag(ctx: &Arc<Ctx>, tag: &str, id: &str) -> ApiResult<()> {
             json!({"status": "Preparing", "progressDetail": {}, "id": short(&l.diff_id)}),
         )
         .await;
+    }
+    if let Some(e) = refused {
+        return Err(e);
     }
     // One task per distinct layer, top first as dockerd queues them.
     let mut tasks = Tasks(Vec::new());
