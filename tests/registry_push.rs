@@ -103,6 +103,9 @@ fn push_repush_mount_and_pull_back() {
     assert!(size > 400, "{out}");
     // Three layers and the config.
     assert_eq!(uploads(&reg, "test/img"), 4, "{}", reg.log());
+    // The version check is not repeated before every request of an anonymous push.
+    let pings = reg.log().matches("\"GET /v2/ HTTP").count();
+    assert!(pings <= 2, "{}", reg.log());
     let repo_digests = inspect(&d, &image)["RepoDigests"].clone();
     assert_eq!(
         repo_digests,

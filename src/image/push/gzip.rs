@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use std::io::{self, Write};
 
 /// Size of the pieces handed to the uploader (one PATCH request each).
-pub const CHUNK: usize = 1 << 20;
+pub const CHUNK: usize = 2 << 20;
 
 /// What was produced: `sha256:` digest and byte count of the compressed stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -181,18 +181,24 @@ pub async fn run(
         .ok_or_else(|| ApiError::BadRequest(format!("invalid reference {}", reference.name)))?;
     let anonymous = matches!(auth, RegistryAuth::Anonymous);
     let repo = oci_client::Reference::with_tag(domain.into(), path.into(), "latest".into());
-    let client = Arc::new(registry::client(repo.resolve_registry(), &insecure));
+    let mut client = Arc::new(registry::client(repo.resolve_registry(), &insecure));
     // As with dockerd, an unreachable registry fails before the layers are listed, a token
     // service refusing the credentials only when the first layer asks for a token.
     let mut refused = None;
+    let mut token = false;
     for op in [RegistryOperation::Push, RegistryOperation::Pull] {
         match client.auth(&repo, &auth, op).await {
-            Ok(_) => {}
+            Ok(t) => token |= t.is_some(),
             Err(e @ OciDistributionError::AuthenticationFailure(_)) => {
                 refused.get_or_insert(registry_error(e, "Get", None, anonymous));
             }
             Err(e) => return Err(registry_error(e, "Get", None, anonymous)),
         }
+    }
+    if anonymous && !token {
+        // Nothing to authenticate with: a client that never heard of this registry's auth
+        // does not ping `/v2/` again before every request.
+        client = Arc::new(registry::client(repo.resolve_registry(), &insecure));
     }
     let ctx = Arc::new(Ctx {
         client,

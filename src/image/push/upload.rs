@@ -226,7 +226,7 @@ async fn send(ctx: &Ctx, layer: &LayerMeta, id: &str) -> ApiResult<Blob> {
     let meta = layer.clone();
     let total = blocking(move || store.layers.tar_len(&meta)).await?;
     let (chunk_tx, mut chunk_rx) =
-        tokio::sync::mpsc::channel::<Result<Bytes, OciDistributionError>>(2);
+        tokio::sync::mpsc::channel::<Result<Bytes, OciDistributionError>>(1);
     let store = ctx.images.clone();
     let meta = layer.clone();
     let tx = ctx.tx.clone();
