@@ -359,3 +359,97 @@ fn push_with_bearer_token_auth() {
     assert_eq!(count(&out, "Layer already exists"), 1, "{out}");
     assert_eq!(digest_line(&out, "1").0, digest);
 }
+
+/// A TCP proxy in front of `upstream` that cuts the first `drops` connections starting an
+/// upload (`POST …/blobs/uploads/`) after reading their request, forwarding all else.
+fn flaky_proxy(upstream: String, drops: usize) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let port = listener.local_addr().expect("addr").port();
+    let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(drops));
+    // Serves until the test process ends (blocked in accept, holding nothing else).
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (upstream, left) = (upstream.clone(), left.clone());
+            std::thread::spawn(move || {
+                let mut client = conn;
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                if line.starts_with("POST ") && line.contains("/blobs/uploads/") {
+                    let cut = left
+                        .fetch_update(
+                            std::sync::atomic::Ordering::SeqCst,
+                            std::sync::atomic::Ordering::SeqCst,
+                            |n| n.checked_sub(1),
+                        )
+                        .is_ok();
+                    if cut {
+                        let _ = client.shutdown(Shutdown::Both);
+                        return;
+                    }
+                }
+                let Ok(mut server) = TcpStream::connect(&upstream) else {
+                    return;
+                };
+                if server.write_all(&head).is_err() {
+                    return;
+                }
+                let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
+                    return;
+                };
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                    let _ = s2.shutdown(Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut server, &mut client);
+                let _ = client.shutdown(Shutdown::Both);
+                let _ = up.join();
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_cut_upload_is_retried_after_a_countdown() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let reg = Registry::start(None);
+    let port = flaky_proxy(reg.host(), 1);
+    let d = Daemon::start();
+    let image = format!("127.0.0.1:{port}/flaky/img:1");
+    d.import_busybox(&image);
+    let out = d.ok(&["push", &image]);
+    let retries: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once(": Retrying in ").map(|(_, r)| r))
+        .collect();
+    assert_eq!(
+        retries,
+        [
+            "5 seconds",
+            "4 seconds",
+            "3 seconds",
+            "2 seconds",
+            "1 second"
+        ],
+        "{out}"
+    );
+    assert_eq!(count(&out, "Pushed"), 1, "{out}");
+    let (digest, _) = digest_line(&out, "1");
+    assert!(reg.blob_file(&digest).exists(), "{out}");
+}

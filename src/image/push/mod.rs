@@ -14,8 +14,11 @@
 //! compressed blob a layer is in which repository, so pushing it again, or to another
 //! repository of the same registry, sends nothing.
 //!
-//! Not here: retries of a failed layer upload (dockerd retries five times), pushing layers
-//! of other media types (foreign layers), schema 1 fallback, content trust.
+//! A failed layer upload is tried up to five times with dockerd's `Retrying in N seconds`
+//! countdown (5 s, 10 s, …) unless the registry refused it for good.
+//!
+//! Not here: foreign (non-distributable) layers, the schema 1 fallback, content trust, the
+//! HTTPS-then-HTTP fallback for insecure registries (they are plain HTTP right away).
 
 mod gzip;
 pub mod meta;

@@ -3,7 +3,8 @@
 //! distribution metadata names a blob of it that the target repository has (`HEAD`, `Layer
 //! already exists`), or when a cross-repository mount from another repository of the same
 //! registry works (`Mounted from …`); else re-create its tar, gzip it while uploading it in
-//! chunks (`Pushing` with progress, `Pushed`) and remember the blob.
+//! chunks (`Pushing` with progress, `Pushed`; a failure that may pass is retried after a
+//! `Retrying in N seconds` countdown) and remember the blob.
 
 use super::gzip::{compress, Compressed};
 use super::meta::{BlobSource, GZIP_TYPES};
@@ -25,6 +26,43 @@ pub const MAX_UPLOADS: usize = 5;
 
 /// A `Pushing` line at most every this many (uncompressed) bytes.
 const PROGRESS_STEP: u64 = 512 << 10;
+
+/// Tries of one layer upload (dockerd's `maxUploadAttempts`); the n-th retry waits 5n s.
+const MAX_ATTEMPTS: usize = 5;
+
+/// One second of the `Retrying in N seconds` countdown.
+const RETRY_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a failed upload is tried again, as dockerd's `retryOnError` decides: transport
+/// failures and most registry errors are; refused credentials or access, an unknown
+/// repository, rate limiting, an unsupported operation and answers that are not registry
+/// errors are not.
+pub fn retriable(e: &OciDistributionError) -> bool {
+    use oci_client::errors::OciErrorCode as C;
+    match e {
+        OciDistributionError::ServerError { message, .. } => {
+            match serde_json::from_str::<oci_client::errors::OciEnvelope>(message) {
+                Ok(env) => env.errors.first().is_some_and(|x| {
+                    !matches!(
+                        x.code,
+                        C::Unauthorized
+                            | C::Denied
+                            | C::Unsupported
+                            | C::Toomanyrequests
+                            | C::NameUnknown
+                    )
+                }),
+                Err(_) => false,
+            }
+        }
+        OciDistributionError::RequestError(r) => r.status().is_none(),
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::SpecViolationError(_)
+        | OciDistributionError::GenericError(_) => false,
+        _ => true,
+    }
+}
 
 /// Blobs of other repositories tried as mount sources, per layer.
 const MAX_MOUNTS: usize = 3;
@@ -151,7 +189,26 @@ pub async fn upload(
         .await;
         return Ok(blob);
     }
-    let blob = send(&ctx, &layer, &id).await?;
+    let mut attempt = 1;
+    let blob = loop {
+        match send(&ctx, &layer, &id).await {
+            Ok(b) => break b,
+            Err((e, retry)) if !retry || attempt == MAX_ATTEMPTS => return Err(e),
+            Err((e, _)) => {
+                tracing::info!(error = %e, layer = %layer.diff_id, attempt, "upload failed, retrying");
+                for left in (1..=attempt * 5).rev() {
+                    let unit = if left == 1 { "second" } else { "seconds" };
+                    say(
+                        &ctx.tx,
+                        json!({"status": format!("Retrying in {left} {unit}"), "progressDetail": {}, "id": id}),
+                    )
+                    .await;
+                    tokio::time::sleep(RETRY_TICK).await;
+                }
+                attempt += 1;
+            }
+        }
+    };
     ctx.finish(&layer, &blob, GZIP_TYPES[0])?;
     say(
         &ctx.tx,
@@ -220,11 +277,13 @@ async fn mount(
 }
 
 /// Re-creates, compresses and uploads the layer; the compression runs on a blocking
-/// thread feeding the upload chunk by chunk.
-async fn send(ctx: &Ctx, layer: &LayerMeta, id: &str) -> ApiResult<Blob> {
+/// thread feeding the upload chunk by chunk. A failure says whether to try again.
+async fn send(ctx: &Ctx, layer: &LayerMeta, id: &str) -> Result<Blob, (ApiError, bool)> {
     let store = ctx.images.clone();
     let meta = layer.clone();
-    let total = blocking(move || store.layers.tar_len(&meta)).await?;
+    let total = blocking(move || store.layers.tar_len(&meta))
+        .await
+        .map_err(|e| (e, false))?;
     let (chunk_tx, mut chunk_rx) =
         tokio::sync::mpsc::channel::<Result<Bytes, OciDistributionError>>(1);
     let store = ctx.images.clone();
@@ -263,24 +322,60 @@ async fn send(ctx: &Ctx, layer: &LayerMeta, id: &str) -> ApiResult<Blob> {
     let sent = ctx.client.push_blob_stream_chunked(&ctx.oref, stream).await;
     let made = producer
         .await
-        .map_err(|e| ApiError::internal("compress task", e))?;
+        .map_err(|e| (ApiError::internal("compress task", e), false))?;
     match (sent, made) {
         (Ok(r), Ok(c)) => {
             if r.blob_digest != c.digest || r.size != c.size {
-                return Err(ApiError::Internal(format!(
-                    "layer {}: uploaded {} ({} bytes), compressed {} ({} bytes)",
-                    layer.diff_id, r.blob_digest, r.size, c.digest, c.size
-                )));
+                return Err((
+                    ApiError::Internal(format!(
+                        "layer {}: uploaded {} ({} bytes), compressed {} ({} bytes)",
+                        layer.diff_id, r.blob_digest, r.size, c.digest, c.size
+                    )),
+                    false,
+                ));
             }
             Ok(Blob {
                 digest: c.digest,
                 size: c.size,
             })
         }
-        (_, Err(e)) if !e.to_string().contains("upload stopped") => Err(ApiError::Internal(
-            format!("push layer {}: {e}", layer.diff_id),
+        (_, Err(e)) if !e.to_string().contains("upload stopped") => Err((
+            ApiError::Internal(format!("push layer {}: {e}", layer.diff_id)),
+            false,
         )),
-        (Err(e), _) => Err(push_error(e, "Post", ctx.anonymous)),
-        (Ok(_), Err(e)) => Err(e),
+        (Err(e), _) => {
+            let retry = retriable(&e);
+            Err((push_error(e, "Post", ctx.anonymous), retry))
+        }
+        (Ok(_), Err(e)) => Err((e, false)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_failures_are_retried() {
+        let server = |code, message: &str| OciDistributionError::ServerError {
+            url: "http://r/v2/x/blobs/uploads/".into(),
+            code,
+            message: message.into(),
+        };
+        let env = |c: &str| format!(r#"{{"errors":[{{"code":"{c}","message":"m"}}]}}"#);
+        assert!(retriable(&server(400, &env("BLOB_UPLOAD_INVALID"))));
+        assert!(retriable(&server(500, &env("UNKNOWN"))));
+        for c in [
+            "UNAUTHORIZED",
+            "DENIED",
+            "UNSUPPORTED",
+            "TOOMANYREQUESTS",
+            "NAME_UNKNOWN",
+        ] {
+            assert!(!retriable(&server(400, &env(c))), "{c}");
+        }
+        assert!(!retriable(&server(502, "<html>bad gateway</html>")));
+        assert!(!retriable(&OciDistributionError::GenericError(None)));
+        assert!(retriable(&OciDistributionError::PushNoDataError));
     }
 }
