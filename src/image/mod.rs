@@ -5,9 +5,10 @@
 //! hex>/{diff/,layer.json,tar-split.gz}`, `tmp/` (work directories; moved to `trash/` and
 //! deleted in the background at start-up).
 //! In the store: table `images` (`sha256:<id>` → [`ImageMeta`]) and table `refs`
-//! (normalized reference such as `docker.io/library/busybox:latest` → image id).
+//! (normalized reference such as `docker.io/library/busybox:latest` → image id) and table
+//! `distribution` (diff id → the registry blobs known to hold that layer, for push).
 //!
-//! The operations (`load`, `import`, `pull`, `save`, `tag`, `remove`, `list`, `inspect`) live in
+//! The operations (`load`, `import`, `pull`, `push`, `save`, `tag`, `remove`, `list`, `inspect`) live in
 //! submodules as `impl ImageStore` blocks; heavy ones are blocking and are run by the HTTP
 //! handlers on `spawn_blocking`.
 
@@ -22,6 +23,7 @@ mod import;
 pub mod layers;
 mod load;
 pub mod pull;
+pub mod push;
 mod query;
 pub mod reference;
 mod remove;
@@ -91,6 +93,8 @@ pub struct ImageStore {
     /// Images deleted (`rmi -f`) while stopped containers still use them: no longer listed
     /// or resolvable, but their layers stay until the last such container is removed.
     retained: Table,
+    /// Diff id → where its compressed blobs are ([`push::meta`]).
+    distribution: Table,
     events: Arc<EventBus>,
     lock: Mutex<()>,
     in_use: RwLock<InUseChecker>,
@@ -148,6 +152,7 @@ impl ImageStore {
             images: store.table("images")?,
             refs: store.table("refs")?,
             retained: store.table("retained_images")?,
+            distribution: store.table("distribution")?,
             events,
             lock: Mutex::new(()),
             in_use: RwLock::new(Arc::new(|_: &str| None)),

@@ -1,4 +1,4 @@
-//! Image endpoints: list, inspect, history, tag, remove, load, pull and import
+//! Image endpoints: list, inspect, history, tag, remove, load, pull, push and import
 //! (`images/create` with `fromImage` / `fromSrc`), save (`images/get`). Image names contain slashes and colons, so routes are
 //! matched on the `/images/` prefix and a known suffix (`/json`, `/tag`, `/push`, `/history`,
 //! `/get`) rather than by segment.
@@ -12,6 +12,7 @@ use super::system::parse_filters;
 use super::Daemon;
 use crate::error::{ApiError, ApiResult};
 use crate::image::pull;
+use crate::image::push;
 use crate::image::reference::Reference;
 use crate::image::ImageStore;
 use serde_json::json;
@@ -72,9 +73,7 @@ pub async fn route(d: &Arc<Daemon>, req: Request) -> ApiResult<Response> {
                     Ok(Response::empty(201))
                 }
                 ("GET", "get") => save(d, vec![name]).await,
-                ("POST", "push") => {
-                    Err(ApiError::NotImplemented("push is not supported yet".into()))
-                }
+                ("POST", "push") => push(d, &req, &name).await,
                 _ => Err(ApiError::NotFound(format!(
                     "page not found: {m} {}",
                     req.path
@@ -250,6 +249,41 @@ where
         rx,
         resumable: None,
     }
+}
+
+/// `POST /images/{name}/push?tag=`: push to a registry. Only a malformed name or tag is a
+/// plain error; like dockerd, everything else (an unknown image included) ends the stream
+/// with an `errorDetail` after `The push refers to repository […]`.
+async fn push(d: &Daemon, req: &Request, name: &str) -> ApiResult<Response> {
+    let mut reference = Reference::parse(name)?;
+    let tag = req.q("tag").unwrap_or("");
+    if !tag.is_empty() {
+        Reference::parse(&format!("{}:{tag}", reference.name))
+            .map_err(|_| ApiError::BadRequest("invalid tag format".into()))?;
+        reference.tag = Some(tag.to_string());
+    }
+    let auth = pull::decode_auth(req.header("x-registry-auth"));
+    let insecure = d.config.insecure_registries.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let images = d.images.clone();
+    tokio::spawn(async move {
+        if let Err(e) = push::run(images, reference, auth, insecure, tx.clone()).await {
+            tracing::info!(error = %e, "image push failed");
+            let msg = e.to_string();
+            let _ = tx
+                .send(push::message(
+                    &json!({"errorDetail": {"message": msg}, "error": msg}),
+                ))
+                .await;
+        }
+    });
+    Ok(Response::Stream {
+        status: 200,
+        content_type: "application/json",
+        headers: vec![],
+        rx,
+        resumable: None,
+    })
 }
 
 /// `POST /auth` (`docker login`): 200 `Login Succeeded` when the registry accepts the

@@ -117,6 +117,12 @@ impl Registry {
             .join("data")
     }
 
+    /// The registry's output so far (its access log: one line per request).
+    #[allow(dead_code)]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default()
+    }
+
     pub fn host(&self) -> String {
         format!("{}:{}", self.ip, self.port)
     }

@@ -16,6 +16,8 @@
 //!
 //! Insecure registries (loopback, `--insecure-registry`) are tried over HTTPS with any
 //! certificate, then over plain HTTP when HTTPS gets no answer, as dockerd does.
+//!
+//! Each layer's blob is remembered for push ([`super::push::meta`]).
 
 mod fetch;
 pub mod inflight;
@@ -57,6 +59,8 @@ struct Desc {
     digest: String,
     #[serde(default)]
     size: i64,
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
     #[serde(default)]
     platform: Option<Platform>,
 }
@@ -648,8 +652,16 @@ async fn run_one(
         digest: Some(plan.digest.clone()),
     };
     let shown = plan.shown();
+    let (remember, diff_ids) = (plan.layers.clone(), plan.diff_ids.clone());
+    let repo = plan.reference.name.clone();
     let up_to_date = tokio::task::spawn_blocking(move || -> ApiResult<bool> {
         let (id, new) = store.commit_image(&config, &chains)?;
+        for (l, diff) in remember.iter().zip(&diff_ids) {
+            let size = u64::try_from(l.size).unwrap_or(0);
+            if let Err(e) = store.remember_blob(diff, &l.digest, size, &repo, &l.media_type) {
+                tracing::warn!(error = %e, layer = %l.digest, "could not remember the layer's blob");
+            }
+        }
         let mut same = !new;
         for r in tag_ref.iter().chain(std::iter::once(&digest_ref)) {
             let before = store.refs.get::<String>(&r.key())?;

@@ -175,7 +175,7 @@ pub fn unreachable(e: &OciDistributionError) -> bool {
 }
 
 /// `manifest unknown: manifest unknown` (the code as text, then the message), per error.
-fn envelope_text(envelope: &OciEnvelope) -> String {
+pub fn envelope_text(envelope: &OciEnvelope) -> String {
     envelope
         .errors
         .iter()
