@@ -107,3 +107,98 @@ fn commit_makes_an_image_of_the_container_changes() {
     d.ok(&["rm", "-f", "cm1"]);
     d.ok(&["rmi", "img:1", "img:2"]);
 }
+
+/// A file capability as the kernel stores it (`vfs_cap_data` revision 2): effective, with
+/// CAP_NET_RAW permitted.
+fn net_raw_capability() -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&(0x0200_0000u32 | 1).to_le_bytes());
+    v.extend_from_slice(&(1u32 << 13).to_le_bytes()); // permitted, low word
+    v.extend_from_slice(&0u32.to_le_bytes()); // inheritable, low word
+    v.extend_from_slice(&0u32.to_le_bytes()); // permitted, high word
+    v.extend_from_slice(&0u32.to_le_bytes()); // inheritable, high word
+    v
+}
+
+#[test]
+fn committed_layers_keep_hardlinks_and_file_capabilities() {
+    let Some(d) = daemon_with_image() else { return };
+    d.ok(&["run", "-d", "--name", "hl", "bb:test", "sleep", "1000"]);
+    d.ok(&[
+        "exec",
+        "hl",
+        "sh",
+        "-c",
+        "head -c 100000 /dev/urandom > /a && ln /a /b && cp /bin/busybox /pinger",
+    ]);
+    // setcap is not in busybox: the capability is set on the upper dir's file from here.
+    let upper = d.ok(&["inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", "hl"]);
+    let cap = net_raw_capability();
+    xattr::set(
+        std::path::Path::new(&upper).join("pinger"),
+        "security.capability",
+        &cap,
+    )
+    .expect("set the capability");
+    d.ok(&["commit", "hl", "linked:1"]);
+    d.ok(&["rm", "-f", "hl"]);
+
+    // In a container of the new image, /a and /b are one file (one inode, two links).
+    let out = d.ok(&["run", "--rm", "linked:1", "stat", "-c", "%i %h", "/a", "/b"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0], lines[1], "{out}");
+    assert!(lines[0].ends_with(" 2"), "{out}");
+
+    // The layer on disk carries the capability; the layer tar has a link entry and the
+    // PAX record (docker save shows what a registry or dockerd would get).
+    let top = d.ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .GraphDriver.Data.UpperDir}}",
+        "linked:1",
+    ]);
+    let top: String = serde_json::from_str(&top).unwrap_or_default();
+    if !top.is_empty() {
+        let got = xattr::get(
+            std::path::Path::new(&top).join("pinger"),
+            "security.capability",
+        )
+        .expect("read xattr");
+        assert_eq!(got.as_deref(), Some(cap.as_slice()));
+    }
+    let archive = d.path("linked.tar");
+    d.ok(&["save", "-o", &archive.display().to_string(), "linked:1"]);
+    let mut outer = tar::Archive::new(std::fs::File::open(&archive).expect("archive"));
+    let mut saw_link = false;
+    let mut saw_cap = false;
+    for e in outer.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        let path = e.path().expect("path").display().to_string();
+        if !path.ends_with(".tar") {
+            continue;
+        }
+        let mut inner = tar::Archive::new(&mut e);
+        for f in inner.entries().expect("layer entries") {
+            let mut f = f.expect("layer entry");
+            let name = f.path().expect("name").display().to_string();
+            if f.header().entry_type() == tar::EntryType::Link && name == "b" {
+                saw_link = f
+                    .link_name()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|l| l.as_os_str() == "a");
+            }
+            if name == "pinger" {
+                if let Ok(Some(pax)) = f.pax_extensions() {
+                    saw_cap = pax.flatten().any(|x| {
+                        x.key() == Ok("SCHILY.xattr.security.capability") && x.value_bytes() == cap
+                    });
+                }
+            }
+        }
+    }
+    assert!(saw_link, "no hardlink entry b -> a in the committed layer");
+    assert!(saw_cap, "no security.capability PAX record for /pinger");
+}
