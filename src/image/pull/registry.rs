@@ -156,11 +156,13 @@ pub fn client_with(scheme: Scheme) -> Client {
     Client::new(ClientConfig {
         protocol,
         accept_invalid_certificates: scheme == Scheme::HttpsAnyCert,
-        // An insecure registry's HTTPS try gives up like dockerd's TLS handshake (10 s).
-        connect_timeout: Some(Duration::from_secs(if scheme == Scheme::HttpsAnyCert {
+        connect_timeout: Some(Duration::from_secs(30)),
+        // A registry that stops answering fails the pull instead of holding it for ever;
+        // an insecure registry's HTTPS try gives up like dockerd's TLS handshake (10 s).
+        read_timeout: Some(Duration::from_secs(if scheme == Scheme::HttpsAnyCert {
             10
         } else {
-            30
+            60
         })),
         // Index selection is ours (linux/<host arch>), never the library's.
         platform_resolver: None,
@@ -250,6 +252,9 @@ fn x509_text(c: &rustls::CertificateError) -> String {
 }
 
 fn request_error(r: &reqwest::Error) -> String {
+    if r.is_timeout() {
+        return "i/o timeout".into();
+    }
     let mut cur: Option<&dyn std::error::Error> = Some(r);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
