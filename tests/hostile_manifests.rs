@@ -379,3 +379,76 @@ fn bad_images_in_a_real_registry_fail_the_pull_cleanly() {
     }
     d.ok(&["pull", &format!("{}/r:good", reg.host())]);
 }
+
+/// Answers `/v2/` with 200 and every other request with a 200 whose chunked body never
+/// ends (no `Content-Length` to refuse up front); drops TLS hellos.
+fn endless_manifests(c: TcpStream) {
+    let mut c = c;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = match c.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            head.extend_from_slice(&buf[..n]);
+            if head.first() == Some(&0x16) {
+                return;
+            }
+        }
+        let text = String::from_utf8_lossy(&head).to_string();
+        head.clear();
+        let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+        if path == "/v2/" {
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+            continue;
+        }
+        let _ = c.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.distribution.manifest.v2+json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        let chunk = [b' '; 65536];
+        loop {
+            if c.write_all(b"10000\r\n").is_err()
+                || c.write_all(&chunk).is_err()
+                || c.write_all(b"\r\n").is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn an_endless_manifest_is_cut_at_the_limit() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || endless_manifests(c));
+        }
+    });
+    let d = Daemon::start();
+    let mut child = d
+        .cmd(&["pull", &format!("127.0.0.1:{port}/endless:1")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker pull");
+    // The old reader kept reading (and holding) for ever; the pull must end on its own.
+    common::until("the pull of an endless manifest ends", || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    let out = child.wait_with_output().expect("pull output");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("manifest for 127.0.0.1:") && err.contains("is larger than 4194304 bytes"),
+        "{err}"
+    );
+    assert_nothing_left(&d, "endless manifest");
+}

@@ -22,6 +22,7 @@
 mod fetch;
 pub mod inflight;
 pub mod login;
+mod manifest;
 pub mod mirror;
 pub mod registry;
 mod resolve;
@@ -87,6 +88,8 @@ struct Manifest {
 /// What [`prepare`] learnt: enough to stream the rest.
 pub struct Plan {
     client: Arc<Client>,
+    /// Manifest GETs, size-limited, with the credentials the client settled on.
+    manifests: Arc<manifest::ManifestGet>,
     oref: oci_client::Reference,
     reference: Reference,
     anonymous: bool,

@@ -2,6 +2,7 @@
 //! of an insecure registry, the registry), credentials, the manifest (an index narrowed to
 //! linux/<host arch>) and the config, each size-limited and verified.
 
+use super::manifest::{GetError, ManifestGet};
 use super::registry::{registry_error, Insecure, Scheme};
 use super::{bad_manifest, Manifest, Plan, ACCEPT, MAX_CONFIG, MAX_MANIFEST};
 use super::{mirror, registry};
@@ -25,22 +26,18 @@ impl Plan {
         registry_error(e, "Get", manifest.then_some(shown.as_str()), self.anonymous)
     }
 
-    async fn manifest(
-        &self,
-        oref: &oci_client::Reference,
-        auth: &RegistryAuth,
-    ) -> ApiResult<(Vec<u8>, String)> {
-        let (body, digest) = self
-            .client
-            .pull_manifest_raw(oref, auth, ACCEPT)
-            .await
-            .map_err(|e| self.step_err(e, true))?;
-        if body.len() as u64 > MAX_MANIFEST {
-            return Err(ApiError::Internal(format!(
-                "manifest for {} is larger than {MAX_MANIFEST} bytes",
-                self.shown()
-            )));
-        }
+    async fn manifest(&self, oref: &oci_client::Reference) -> ApiResult<(Vec<u8>, String)> {
+        let (body, header) = match self.manifests.get(oref, ACCEPT, MAX_MANIFEST).await {
+            Ok(got) => got,
+            Err(GetError::Registry(e)) => return Err(self.step_err(e, true)),
+            Err(GetError::TooLarge) => {
+                return Err(ApiError::Internal(format!(
+                    "manifest for {} is larger than {MAX_MANIFEST} bytes",
+                    self.shown()
+                )))
+            }
+        };
+        let digest = header.unwrap_or_else(|| digest_of(&body));
         let actual = digest_of(&body);
         let wanted = oref.digest().unwrap_or(&digest);
         if actual != wanted {
@@ -144,6 +141,7 @@ enum Kind {
 /// One place to pull from.
 struct Endpoint {
     client: Client,
+    scheme: Scheme,
     /// `host[:port]`.
     registry: String,
     /// The repository path there.
@@ -164,6 +162,7 @@ fn endpoints(
         .ok_or_else(|| ApiError::BadRequest(format!("invalid reference {}", reference.name)))?;
     let ep = |scheme, registry: &str, kind| Endpoint {
         client: registry::client_with(scheme),
+        scheme,
         registry: registry.to_string(),
         path: path.to_string(),
         kind,
@@ -241,11 +240,16 @@ async fn prepare_at(
     };
     let anonymous = matches!(auth, RegistryAuth::Anonymous);
     let client = Arc::new(ep.client.clone());
-    if let Err(e) = client.auth(&oref, &auth, RegistryOperation::Pull).await {
-        let unreachable = registry::unreachable(&e);
-        return Err((registry_error(e, "Get", None, anonymous), unreachable));
-    }
-    resolve(reference, auth, client, oref, anonymous)
+    let token = match client.auth(&oref, &auth, RegistryOperation::Pull).await {
+        Ok(t) => t,
+        Err(e) => {
+            let unreachable = registry::unreachable(&e);
+            return Err((registry_error(e, "Get", None, anonymous), unreachable));
+        }
+    };
+    let manifests = ManifestGet::new(ep.scheme, &auth, token)
+        .map_err(|e| (registry_error(e, "Get", None, anonymous), false))?;
+    resolve(reference, manifests, client, oref, anonymous)
         .await
         .map_err(|e| (e, false))
 }
@@ -254,13 +258,14 @@ async fn prepare_at(
 /// answered.
 async fn resolve(
     reference: Reference,
-    auth: RegistryAuth,
+    manifests: ManifestGet,
     client: Arc<Client>,
     oref: oci_client::Reference,
     anonymous: bool,
 ) -> ApiResult<Plan> {
     let mut plan = Plan {
         client,
+        manifests: Arc::new(manifests),
         oref: oref.clone(),
         reference,
         anonymous,
@@ -269,7 +274,7 @@ async fn resolve(
         layers: Vec::new(),
         diff_ids: Vec::new(),
     };
-    let (body, digest) = plan.manifest(&oref, &auth).await?;
+    let (body, digest) = plan.manifest(&oref).await?;
     plan.digest = digest;
     let mut m: Manifest = serde_json::from_slice(&body).map_err(|e| bad_manifest("manifest", e))?;
     check_media_type(&m)?;
@@ -302,7 +307,7 @@ async fn resolve(
             oref.repository().into(),
             pick.digest.clone(),
         );
-        let (body, _) = plan.manifest(&child, &auth).await?;
+        let (body, _) = plan.manifest(&child).await?;
         m = serde_json::from_slice(&body).map_err(|e| bad_manifest("manifest", e))?;
         check_media_type(&m)?;
         if m.manifests.is_some() {
