@@ -123,6 +123,12 @@ fn a_loopback_registry_with_a_self_signed_certificate_is_pulled_over_https() {
     let out = d.ok(&["pull", &image]);
     assert!(out.contains(&format!("Digest: {digest}")), "{out}");
     assert_eq!(d.ok(&["run", "--rm", &image, "cat", "/proto"]), "https");
+    // Push goes the same way (its blobs are already in the registry: only the manifest).
+    let again = format!("{}/tls/img:2", tls.host);
+    d.ok(&["tag", &image, &again]);
+    let out = d.ok(&["push", &again]);
+    assert!(out.contains("Layer already exists"), "{out}");
+    assert!(out.contains("2: digest: sha256:"), "{out}");
 }
 
 #[test]

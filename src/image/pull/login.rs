@@ -3,7 +3,7 @@
 //! challenge, by asking its token service for a token. Nothing is stored: the CLI keeps the
 //! credentials and sends them with every pull (`X-Registry-Auth`).
 
-use super::registry::Insecure;
+use super::registry::{Insecure, Scheme};
 use crate::error::{ApiError, ApiResult};
 use serde::Deserialize;
 use std::time::Duration;
@@ -63,28 +63,44 @@ fn challenge_params(h: &str) -> Option<Vec<(String, String)>> {
 pub async fn login(req: &LoginRequest, insecure: &Insecure) -> ApiResult<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = registry_of(&req.serveraddress);
-    let scheme = if insecure.allows(&registry) {
-        "http"
-    } else {
-        "https"
+    // An insecure registry is tried over HTTPS with any certificate, then plain HTTP.
+    let schemes = super::registry::schemes(&registry, insecure);
+    let mut attempt = 0;
+    let (client, url, res) = loop {
+        let scheme = schemes[attempt];
+        let url = format!(
+            "{}://{registry}/v2/",
+            if scheme == Scheme::Http {
+                "http"
+            } else {
+                "https"
+            }
+        );
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(60))
+            .danger_accept_invalid_certs(scheme == Scheme::HttpsAnyCert)
+            .build()
+            .map_err(|e| ApiError::internal("create registry client", e))?;
+        match client
+            .get(&url)
+            .basic_auth(&req.username, Some(&req.password))
+            .send()
+            .await
+        {
+            Ok(res) => break (client, url, res),
+            Err(e) if (e.is_connect() || e.is_timeout()) && attempt + 1 < schemes.len() => {
+                attempt += 1;
+            }
+            Err(e) => return Err(ApiError::Internal(format!("Get \"{url}\": {e}"))),
+        }
     };
-    let url = format!("{scheme}://{registry}/v2/");
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| ApiError::internal("create registry client", e))?;
     let net = |e: reqwest::Error| ApiError::Internal(format!("Get \"{url}\": {e}"));
     let failed = |status: reqwest::StatusCode, url: &str| {
         ApiError::Internal(format!(
             "login attempt to {url} failed with status: {status}"
         ))
     };
-    let res = client
-        .get(&url)
-        .basic_auth(&req.username, Some(&req.password))
-        .send()
-        .await
-        .map_err(net)?;
     if res.status().is_success() {
         return Ok(());
     }

@@ -145,6 +145,17 @@ pub enum Scheme {
     Http,
 }
 
+/// The schemes to try for `registry`, in order: an insecure registry (loopback or
+/// `--insecure-registry`) over HTTPS with any certificate, then plain HTTP when that gets
+/// no answer; any other over HTTPS with its certificate checked (dockerd's order).
+pub fn schemes(registry: &str, insecure: &Insecure) -> Vec<Scheme> {
+    if insecure.allows(registry) {
+        vec![Scheme::HttpsAnyCert, Scheme::Http]
+    } else {
+        vec![Scheme::Https]
+    }
+}
+
 /// A client for `scheme`.
 pub fn client_with(scheme: Scheme) -> Client {
     // reqwest is built without a TLS provider of its own: ring is installed once.

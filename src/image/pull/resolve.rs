@@ -174,11 +174,14 @@ fn endpoints(
             out.push(ep(scheme, &m.host, Kind::Mirror));
         }
     }
-    if insecure.allows(domain) {
-        out.push(ep(Scheme::HttpsAnyCert, domain, Kind::Probe));
-        out.push(ep(Scheme::Http, domain, Kind::Last));
-    } else {
-        out.push(ep(Scheme::Https, domain, Kind::Last));
+    let schemes = registry::schemes(domain, insecure);
+    for (i, scheme) in schemes.iter().enumerate() {
+        let kind = if i + 1 == schemes.len() {
+            Kind::Last
+        } else {
+            Kind::Probe
+        };
+        out.push(ep(*scheme, domain, kind));
     }
     Ok(out)
 }

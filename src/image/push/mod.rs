@@ -17,8 +17,10 @@
 //! A failed layer upload is tried up to five times with dockerd's `Retrying in N seconds`
 //! countdown (5 s, 10 s, …) unless the registry refused it for good.
 //!
-//! Not here: foreign (non-distributable) layers, the schema 1 fallback, content trust, the
-//! HTTPS-then-HTTP fallback for insecure registries (they are plain HTTP right away).
+//! Insecure registries (loopback, `--insecure-registry`) are tried over HTTPS with any
+//! certificate, then over plain HTTP, as for pulls.
+//!
+//! Not here: foreign (non-distributable) layers, the schema 1 fallback, content trust.
 
 mod gzip;
 pub mod meta;
@@ -184,24 +186,46 @@ pub async fn run(
         .ok_or_else(|| ApiError::BadRequest(format!("invalid reference {}", reference.name)))?;
     let anonymous = matches!(auth, RegistryAuth::Anonymous);
     let repo = oci_client::Reference::with_tag(domain.into(), path.into(), "latest".into());
-    let mut client = Arc::new(registry::client(repo.resolve_registry(), &insecure));
     // As with dockerd, an unreachable registry fails before the layers are listed, a token
-    // service refusing the credentials only when the first layer asks for a token.
-    let mut refused = None;
-    let mut token = false;
-    for op in [RegistryOperation::Push, RegistryOperation::Pull] {
-        match client.auth(&repo, &auth, op).await {
-            Ok(t) => token |= t.is_some(),
-            Err(e @ OciDistributionError::AuthenticationFailure(_)) => {
-                refused.get_or_insert(registry_error(e, "Get", None, anonymous));
+    // service refusing the credentials only when the first layer asks for a token. An
+    // insecure registry is tried over HTTPS first, then over plain HTTP.
+    let schemes = registry::schemes(repo.resolve_registry(), &insecure);
+    let mut chosen = None;
+    for (i, scheme) in schemes.iter().enumerate() {
+        let client = Arc::new(registry::client_with(*scheme));
+        let mut refused = None;
+        let mut token = false;
+        let mut failed = None;
+        for op in [RegistryOperation::Push, RegistryOperation::Pull] {
+            match client.auth(&repo, &auth, op).await {
+                Ok(t) => token |= t.is_some(),
+                Err(e @ OciDistributionError::AuthenticationFailure(_)) => {
+                    refused.get_or_insert(registry_error(e, "Get", None, anonymous));
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
-            Err(e) => return Err(registry_error(e, "Get", None, anonymous)),
         }
+        match failed {
+            Some(e) if registry::unreachable(&e) && i + 1 < schemes.len() => continue,
+            Some(e) => return Err(registry_error(e, "Get", None, anonymous)),
+            None => {}
+        }
+        chosen = Some((*scheme, client, refused, token));
+        break;
     }
+    let Some((scheme, mut client, mut refused, token)) = chosen else {
+        return Err(ApiError::Internal(format!(
+            "no way to reach the registry of {}",
+            reference.name
+        )));
+    };
     if anonymous && !token {
         // Nothing to authenticate with: a client that never heard of this registry's auth
         // does not ping `/v2/` again before every request.
-        client = Arc::new(registry::client(repo.resolve_registry(), &insecure));
+        client = Arc::new(registry::client_with(scheme));
     }
     let ctx = Arc::new(Ctx {
         client,
