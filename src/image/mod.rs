@@ -22,6 +22,7 @@ mod extract_mode;
 mod import;
 pub mod layers;
 mod load;
+pub mod progress;
 pub mod pull;
 pub mod push;
 mod query;

@@ -36,9 +36,7 @@ use super::reference::Reference;
 use crate::error::ApiError;
 use oci_client::Client;
 use serde::Deserialize;
-use serde_json::Value;
 use std::sync::Arc;
-use tokio::sync::mpsc::Sender;
 
 /// Largest manifest or index accepted (dockerd's limit).
 const MAX_MANIFEST: u64 = 4 << 20;
@@ -104,23 +102,5 @@ fn bad_manifest(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(format!("invalid {what}: {e}"))
 }
 
-/// The JSON message line for the stream.
-pub fn message(v: &Value) -> Vec<u8> {
-    let mut b = serde_json::to_vec(v).unwrap_or_default();
-    b.push(b'\n');
-    b
-}
-
-async fn say(tx: &Sender<Vec<u8>>, v: Value) {
-    // A client that went away does not stop the pull (the image is still wanted).
-    let _ = tx.send(message(&v)).await;
-}
-
-/// The first 12 hex digits of a digest (the layer ids of the progress stream).
-fn short(digest: &str) -> String {
-    digest
-        .trim_start_matches("sha256:")
-        .chars()
-        .take(12)
-        .collect()
-}
+pub use crate::image::progress::message;
+use crate::image::progress::{say, short};

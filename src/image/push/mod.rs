@@ -44,26 +44,8 @@ pub const MANIFEST_TYPE: &str = "application/vnd.docker.distribution.manifest.v2
 /// Media type of the config blob in them.
 pub const CONFIG_TYPE: &str = "application/vnd.docker.container.image.v1+json";
 
-/// The JSON message line for the stream.
-pub fn message(v: &Value) -> Vec<u8> {
-    let mut b = serde_json::to_vec(v).unwrap_or_default();
-    b.push(b'\n');
-    b
-}
-
-async fn say(tx: &Sender<Vec<u8>>, v: Value) {
-    // A client that went away does not stop the push.
-    let _ = tx.send(message(&v)).await;
-}
-
-/// The first 12 hex digits of a digest (the layer ids of the progress stream).
-fn short(digest: &str) -> String {
-    digest
-        .trim_start_matches("sha256:")
-        .chars()
-        .take(12)
-        .collect()
-}
+pub use crate::image::progress::message;
+use crate::image::progress::{say, short};
 
 /// A registry error of a push step, worded as dockerd words it: a 401 is `no basic auth
 /// credentials` without credentials, else the registry's own error (`unauthorized:
