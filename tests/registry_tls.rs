@@ -30,7 +30,26 @@ impl Drop for TlsRegistry {
 
 impl TlsRegistry {
     fn start(ip: &str, storage: &std::path::Path) -> TlsRegistry {
+        TlsRegistry::start_auth(ip, storage, None)
+    }
+
+    /// With `user`, behind htpasswd basic auth.
+    fn start_auth(ip: &str, storage: &std::path::Path, user: Option<(&str, &str)>) -> TlsRegistry {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut auth = String::new();
+        if let Some((u, p)) = user {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", u, p])
+                .output()
+                .expect("htpasswd (apache2-utils)");
+            assert!(out.status.success(), "htpasswd failed");
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, &out.stdout).expect("write htpasswd");
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                file.display()
+            );
+        }
         let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
         let out = Command::new("openssl")
             .args([
@@ -59,7 +78,7 @@ impl TlsRegistry {
             storage.display(),
             cert.display(),
             key.display()
-        );
+        ) + &auth;
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg).expect("config");
         let child = Command::new("docker-registry")
@@ -163,5 +182,25 @@ fn a_registry_that_is_not_insecure_needs_a_trusted_certificate() {
         ..Launch::default()
     });
     let out = d2.ok(&["pull", &image]);
+    assert!(out.contains(&format!("Digest: {digest}")), "{out}");
+}
+
+#[test]
+fn login_to_a_self_signed_loopback_registry_goes_over_https() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = Daemon::start();
+    let (_plain, storage, digest) = seeded(&d);
+    let tls = TlsRegistry::start_auth("127.0.0.1", &storage, Some(("ann", "secret")));
+    let image = format!("{}/tls/img:1", tls.host);
+    let err = d.fails(&["pull", &image]);
+    assert!(err.contains("no basic auth credentials"), "{err}");
+    let bad = d.fails(&["login", "-u", "ann", "-p", "wrong", &tls.host]);
+    assert!(bad.contains("401 Unauthorized"), "{bad}");
+    let out = d.ok(&["login", "-u", "ann", "-p", "secret", &tls.host]);
+    assert!(out.contains("Login Succeeded"), "{out}");
+    let out = d.ok(&["pull", &image]);
     assert!(out.contains(&format!("Digest: {digest}")), "{out}");
 }

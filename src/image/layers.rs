@@ -41,13 +41,6 @@ pub struct Unpacked {
     ex: super::extract::Extracted,
 }
 
-impl Unpacked {
-    /// `sha256:` of the uncompressed tar.
-    pub fn diff_id(&self) -> &str {
-        &self.ex.diff_id
-    }
-}
-
 /// The layer directory.
 pub struct Layers {
     dir: PathBuf,

@@ -204,21 +204,8 @@ impl ImageStore {
             return;
         }
         let _g = self.guard();
-        let used = match self.used_layers() {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "left layers of a failed load: cannot list images");
-                return;
-            }
-        };
-        for c in chains
-            .iter()
-            .rev()
-            .filter(|c| !used.contains(*c) && !self.inflight.busy(c))
-        {
-            if let Err(e) = self.layers.remove(c) {
-                tracing::warn!(layer = %c, error = %e, "layer of a failed load not removed");
-            }
+        if let Err(e) = self.remove_unused_layers(chains.iter().rev()) {
+            tracing::warn!(error = %e, "layers of a failed load or pull not removed");
         }
     }
 
@@ -235,25 +222,43 @@ impl ImageStore {
         Ok(still)
     }
 
-    /// Removes layers no image uses and no running pull needs: what a pull cut short (a
-    /// failed layer, a daemon killed mid-pull) had already committed. Returns the bytes freed.
-    fn drop_orphan_layers(&self, out: &mut Vec<Value>) -> ApiResult<u64> {
-        let _g = self.guard();
+    /// Removes, in the order given (topmost first), those of `chains` that are present and
+    /// that no image, retained image or running pull uses; returns them with their sizes.
+    /// The caller holds the guard.
+    fn remove_unused_layers<'a>(
+        &self,
+        chains: impl IntoIterator<Item = &'a String>,
+    ) -> ApiResult<Vec<(String, u64)>> {
         let still = self.used_layers()?;
-        let dir = self.layers.dir();
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| ApiError::internal(&format!("list {}", dir.display()), e))?;
-        let mut freed = 0;
-        for e in entries.flatten() {
-            let chain = format!("sha256:{}", e.file_name().to_string_lossy());
-            if still.contains(&chain) || self.inflight.busy(&chain) {
+        let mut removed = Vec::new();
+        for chain in chains {
+            if still.contains(chain) || self.inflight.busy(chain) {
                 continue;
             }
-            let Ok(Some(meta)) = self.layers.get(&chain) else {
+            let Some(meta) = self.layers.get(chain)? else {
                 continue;
             };
-            self.layers.remove(&chain)?;
-            freed += meta.size;
+            self.layers.remove(chain)?;
+            removed.push((chain.clone(), meta.size));
+        }
+        Ok(removed)
+    }
+
+    /// Removes layers no image uses and no running pull needs: what a pull cut short by a
+    /// killed daemon had already committed. Returns the bytes freed.
+    fn drop_orphan_layers(&self, out: &mut Vec<Value>) -> ApiResult<u64> {
+        let _g = self.guard();
+        let dir = self.layers.dir();
+        let chains: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| ApiError::internal(&format!("list {}", dir.display()), e))?
+            .flatten()
+            .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+            // Anything else in the directory is not a layer of ours.
+            .filter(|c| super::reference::is_digest(c))
+            .collect();
+        let mut freed = 0;
+        for (chain, size) in self.remove_unused_layers(&chains)? {
+            freed += size;
             out.push(json!({ "Deleted": chain }));
         }
         Ok(freed)
@@ -263,17 +268,8 @@ impl ImageStore {
     /// retained one) uses; returns the removed chain ids, topmost first, with their sizes.
     /// The caller holds the guard and has already removed the image's record.
     fn drop_unused_layers(&self, id: &str, meta: &ImageMeta) -> ApiResult<Vec<(String, u64)>> {
-        let still = self.used_layers()?;
         self.blobs.remove(id)?;
-        let mut removed = Vec::new();
-        for chain in meta.layers.iter().rev() {
-            if !still.contains(chain) && !self.inflight.busy(chain) {
-                let size = self.layers.get(chain)?.map(|m| m.size).unwrap_or(0);
-                self.layers.remove(chain)?;
-                removed.push((chain.clone(), size));
-            }
-        }
-        Ok(removed)
+        self.remove_unused_layers(meta.layers.iter().rev())
     }
 }
 

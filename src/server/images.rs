@@ -11,6 +11,7 @@ use super::http::{Request, Response};
 use super::system::parse_filters;
 use super::Daemon;
 use crate::error::{ApiError, ApiResult};
+use crate::image::progress::message;
 use crate::image::pull;
 use crate::image::push;
 use crate::image::reference::Reference;
@@ -139,12 +140,6 @@ async fn prune(d: &Daemon, req: &Request) -> ApiResult<Response> {
     ))
 }
 
-fn line(v: &serde_json::Value) -> Vec<u8> {
-    let mut b = serde_json::to_vec(v).unwrap_or_default();
-    b.push(b'\n');
-    b
-}
-
 /// `POST /images/load`: 200 and a JSON-message stream; a failure ends the stream with an
 /// `errorDetail` message, as dockerd does.
 async fn load(d: &Daemon, req: Request) -> ApiResult<Response> {
@@ -154,12 +149,12 @@ async fn load(d: &Daemon, req: Request) -> ApiResult<Response> {
     tokio::task::spawn_blocking(move || {
         let progress_tx = tx.clone();
         let res = images.load(&mut body, &mut |msg| {
-            let _ = progress_tx.blocking_send(line(&json!({ "stream": msg })));
+            let _ = progress_tx.blocking_send(message(&json!({ "stream": msg })));
         });
         if let Err(e) = res {
             tracing::info!(error = %e, "image load failed");
             let msg = e.to_string();
-            let _ = tx.blocking_send(line(
+            let _ = tx.blocking_send(message(
                 &json!({"errorDetail": {"message": msg}, "error": msg}),
             ));
         }
@@ -202,7 +197,9 @@ async fn pull(d: &Daemon, req: &Request, from: &str) -> ApiResult<Response> {
     )
     .await?;
     let images = d.images.clone();
-    Ok(pull_stream(move |tx| pull::run(images, plan, tx)))
+    Ok(progress_stream("pull", move |tx| {
+        pull::run(images, plan, tx)
+    }))
 }
 
 /// `docker pull -a`: the tags are listed before the stream starts (an unknown repository is
@@ -218,13 +215,14 @@ async fn pull_all_tags(
     );
     let tags = pull::list_tags(&repo, &auth, &insecure, &mirrors).await?;
     let images = d.images.clone();
-    Ok(pull_stream(move |tx| {
+    Ok(progress_stream("pull", move |tx| {
         pull::run_all_tags(images, repo, tags, auth, insecure, mirrors, tx)
     }))
 }
 
-/// The JSON-message stream of a pull; an error ends it with an `errorDetail`.
-fn pull_stream<F, Fut>(work: F) -> Response
+/// The JSON-message stream of a pull or push (`what`); an error ends it with an
+/// `errorDetail`.
+fn progress_stream<F, Fut>(what: &'static str, work: F) -> Response
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Vec<u8>>) -> Fut,
     Fut: std::future::Future<Output = ApiResult<()>> + Send + 'static,
@@ -233,10 +231,10 @@ where
     let fut = work(tx.clone());
     tokio::spawn(async move {
         if let Err(e) = fut.await {
-            tracing::info!(error = %e, "image pull failed");
+            tracing::info!(error = %e, what, "image transfer failed");
             let msg = e.to_string();
             let _ = tx
-                .send(pull::message(
+                .send(message(
                     &json!({"errorDetail": {"message": msg}, "error": msg}),
                 ))
                 .await;
@@ -264,26 +262,10 @@ async fn push(d: &Daemon, req: &Request, name: &str) -> ApiResult<Response> {
     }
     let auth = pull::decode_auth(req.header("x-registry-auth"));
     let insecure = d.config.insecure_registries.clone();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
     let images = d.images.clone();
-    tokio::spawn(async move {
-        if let Err(e) = push::run(images, reference, auth, insecure, tx.clone()).await {
-            tracing::info!(error = %e, "image push failed");
-            let msg = e.to_string();
-            let _ = tx
-                .send(push::message(
-                    &json!({"errorDetail": {"message": msg}, "error": msg}),
-                ))
-                .await;
-        }
-    });
-    Ok(Response::Stream {
-        status: 200,
-        content_type: "application/json",
-        headers: vec![],
-        rx,
-        resumable: None,
-    })
+    Ok(progress_stream("push", move |tx| {
+        push::run(images, reference, auth, insecure, tx)
+    }))
 }
 
 /// `POST /auth` (`docker login`): 200 `Login Succeeded` when the registry accepts the

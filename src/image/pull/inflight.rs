@@ -9,6 +9,7 @@ use crate::image::layers::LayerMeta;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{broadcast, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -45,7 +46,7 @@ pub struct InFlight {
     /// each: `rmi` and prune leave them alone until the pull has recorded its image.
     claims: Arc<Mutex<HashMap<String, usize>>>,
     slots: Arc<Semaphore>,
-    next: Mutex<u64>,
+    next: AtomicU64,
 }
 
 /// One pull's hold on a fetch.
@@ -65,7 +66,7 @@ impl Default for InFlight {
             map: Mutex::new(HashMap::new()),
             claims: Arc::default(),
             slots: Arc::new(Semaphore::new(MAX_DOWNLOADS)),
-            next: Mutex::new(0),
+            next: AtomicU64::new(0),
         }
     }
 }
@@ -88,11 +89,7 @@ impl InFlight {
                 };
             }
         }
-        let generation = {
-            let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            *n += 1;
-            *n
-        };
+        let generation = self.next.fetch_add(1, Ordering::Relaxed);
         let (progress, rx) = broadcast::channel(PROGRESS_BACKLOG);
         let handle = start(progress.clone(), self.slots.clone());
         let hold = Arc::new(AbortOnDrop(handle.abort_handle()));
@@ -184,7 +181,12 @@ impl InFlight {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(chain)
-            || self.chains().iter().any(|c| c == chain)
+            || self
+                .map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(chain)
+                .is_some_and(|e| e.alive.strong_count() > 0)
     }
 }
 

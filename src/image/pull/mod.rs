@@ -87,7 +87,7 @@ struct Manifest {
 pub struct Plan {
     client: Arc<Client>,
     /// Manifest GETs, size-limited, with the credentials the client settled on.
-    manifests: Arc<manifest::ManifestGet>,
+    manifests: manifest::ManifestGet,
     oref: oci_client::Reference,
     reference: Reference,
     anonymous: bool,
@@ -102,5 +102,4 @@ fn bad_manifest(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(format!("invalid {what}: {e}"))
 }
 
-pub use crate::image::progress::message;
 use crate::image::progress::{say, short};

@@ -37,15 +37,15 @@ impl Plan {
                 )))
             }
         };
-        let digest = header.unwrap_or_else(|| digest_of(&body));
+        // Checked against the digest asked for, else the one the registry announced.
         let actual = digest_of(&body);
-        let wanted = oref.digest().unwrap_or(&digest);
+        let wanted = oref.digest().or(header.as_deref()).unwrap_or(&actual);
         if actual != wanted {
             return Err(ApiError::Internal(format!(
                 "manifest verification failed for digest {wanted}"
             )));
         }
-        Ok((body.to_vec(), actual))
+        Ok((body, actual))
     }
 
     /// A small blob (the config), read whole, size-limited and verified.
@@ -111,12 +111,7 @@ pub async fn prepare(
         match prepare_at(reference.clone(), auth.clone(), &ep).await {
             Ok(plan) => return Ok(plan),
             Err((e, unreachable)) => {
-                let next = match ep.kind {
-                    Kind::Mirror => true,
-                    Kind::Probe => unreachable,
-                    Kind::Last => false,
-                };
-                if !next {
+                if !ep.kind.go_on(unreachable) {
                     return Err(e);
                 }
                 tracing::warn!(registry = %ep.registry, error = %e, "pull endpoint failed, trying the next");
@@ -136,6 +131,18 @@ enum Kind {
     Probe,
     /// The last endpoint: its error is the pull's.
     Last,
+}
+
+impl Kind {
+    /// Whether a failure here (`unreachable`: no HTTP answer at all) goes on to the next
+    /// endpoint.
+    fn go_on(self, unreachable: bool) -> bool {
+        match self {
+            Kind::Mirror => true,
+            Kind::Probe => unreachable,
+            Kind::Last => false,
+        }
+    }
 }
 
 /// One place to pull from.
@@ -217,7 +224,7 @@ pub async fn list_tags(
                 u
             }
         };
-        if ep.kind == Kind::Last || (ep.kind == Kind::Probe && !unreachable) {
+        if !ep.kind.go_on(unreachable) {
             break;
         }
     }
@@ -268,7 +275,7 @@ async fn resolve(
 ) -> ApiResult<Plan> {
     let mut plan = Plan {
         client,
-        manifests: Arc::new(manifests),
+        manifests,
         oref: oref.clone(),
         reference,
         anonymous,

@@ -44,7 +44,6 @@ pub const MANIFEST_TYPE: &str = "application/vnd.docker.distribution.manifest.v2
 /// Media type of the config blob in them.
 pub const CONFIG_TYPE: &str = "application/vnd.docker.container.image.v1+json";
 
-pub use crate::image::progress::message;
 use crate::image::progress::{say, short};
 
 /// A registry error of a push step, worded as dockerd words it: a 401 is `no basic auth
@@ -60,14 +59,11 @@ pub fn push_error(e: OciDistributionError, step: &str, anonymous: bool) -> ApiEr
     if status == Some(401) && anonymous {
         return ApiError::Internal("no basic auth credentials".into());
     }
-    if let OciDistributionError::ServerError { message, code, .. } = &e {
+    if let OciDistributionError::ServerError { message, .. } = &e {
         if let Ok(env) = serde_json::from_str::<OciEnvelope>(message) {
             if !env.errors.is_empty() {
                 return ApiError::Internal(envelope_text(&env));
             }
-        }
-        if *code == 401 {
-            return ApiError::Internal("unauthorized: authentication required".into());
         }
     }
     if status == Some(401) {

@@ -303,7 +303,7 @@ async fn send(ctx: &Ctx, layer: &LayerMeta, id: &str) -> Result<Blob, (ApiError,
             &mut |n| {
                 if n - shown >= PROGRESS_STEP || n == total {
                     shown = n;
-                    let _ = tx.blocking_send(super::message(&json!({
+                    let _ = tx.blocking_send(crate::image::progress::message(&json!({
                         "status": "Pushing",
                         "progressDetail": {"current": n, "total": total},
                         "id": shown_id,
